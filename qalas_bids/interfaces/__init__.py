@@ -1,0 +1,1 @@
+"""qalas_bids.interfaces"""

@@ -1,0 +1,154 @@
+"""Vectorised, differentiable 3D-QALAS steady-state signal model (torch).
+
+The model follows the shared physics notes: a cycle of T2 preparation, five turbo-FLASH
+readout trains and one inversion. Every operation on the longitudinal magnetisation is
+affine, so the whole cycle maps ``M_start -> A * M_start + B`` and the steady state is the
+fixed point ``M = B / (1 - A)`` (one division, no loop over cycles).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .timing import SequenceTiming
+
+N_CONTRASTS = 5
+
+
+class _Affine:
+    """Magnetisation as an affine function of the cycle's starting value: ``a*M_start + b``."""
+
+    __slots__ = ("a", "b")
+
+    def __init__(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        self.a, self.b = a, b
+
+    def recover(self, delay: float, t1: torch.Tensor, m0: torch.Tensor) -> None:
+        e = torch.exp(-delay / t1)
+        self.a = self.a * e
+        self.b = m0 * (1 - e) + self.b * e
+
+    def scale(self, factor: torch.Tensor) -> None:
+        self.a = self.a * factor
+        self.b = self.b * factor
+
+    def relax_towards(self, target: torch.Tensor, e: torch.Tensor) -> None:
+        self.a = self.a * e
+        self.b = target * (1 - e) + self.b * e
+
+
+def _as_tensor(x, like: torch.Tensor | None = None) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x
+    if like is not None:
+        return torch.as_tensor(x, dtype=like.dtype, device=like.device)
+    return torch.as_tensor(x, dtype=torch.float64)
+
+
+def qalas_signal(
+    t1: torch.Tensor,
+    t2: torch.Tensor,
+    pd: torch.Tensor,
+    ie: torch.Tensor,
+    b1: torch.Tensor,
+    timing: SequenceTiming,
+) -> torch.Tensor:
+    """Signed first-echo signals of the five QALAS contrasts in steady state.
+
+    Parameters
+    ----------
+    t1, t2 : relaxation times in seconds, any broadcastable shape ``(...)``
+    pd : proton density / M0 (arbitrary units)
+    ie : inversion efficiency (0.5-1)
+    b1 : relative transmit field (1 = nominal)
+    timing : sequence timing
+
+    Returns
+    -------
+    torch.Tensor of shape ``(..., 5)``, dtype/device of ``t1``.
+    """
+    t1 = _as_tensor(t1)
+    t2, pd, ie, b1 = (_as_tensor(x, t1) for x in (t2, pd, ie, b1))
+    t1, t2, pd, ie, b1 = torch.broadcast_tensors(t1, t2, pd, ie, b1)
+
+    alpha = timing.flip_angle_rad * b1
+    theta = (math.pi / 2) * b1
+    esp, etl = timing.esp, timing.etl
+    # Look-Locker readout train in closed form.
+    inv_t1_star = 1.0 / t1 - torch.log(torch.cos(alpha)) / esp
+    m0_star = pd * (1 - torch.exp(-esp / t1)) / (1 - torch.exp(-esp * inv_t1_star))
+    e_train = torch.exp(-etl * inv_t1_star)
+    sin_alpha = torch.sin(alpha)
+    t2prep = (torch.sin(theta) ** 2 * torch.exp(-(timing.t2p - timing.tc) / t2)
+              + torch.cos(theta) ** 2 * torch.exp(-(timing.t2p - timing.tc) / t1))
+
+    m = _Affine(torch.ones_like(t1), torch.zeros_like(t1))
+    before_readout: list[_Affine] = []
+
+    def readout() -> None:
+        before_readout.append(_Affine(m.a, m.b))
+        m.relax_towards(m0_star, e_train)
+
+    gap_free = timing.gap - etl
+    m.recover(gap_free - timing.t2p, t1, pd)
+    m.scale(t2prep)
+    m.recover(timing.tc, t1, pd)
+    readout()
+    m.recover(gap_free - timing.tinv - timing.d56, t1, pd)
+    m.scale(-ie)
+    m.recover(timing.d56, t1, pd)
+    readout()
+    for _ in range(3):
+        m.recover(gap_free, t1, pd)
+        readout()
+    m.recover(timing.tr_cycle - 5 * timing.gap + timing.trel, t1, pd)
+
+    m_ss = m.b / (1 - m.a)
+    return torch.stack([(r.a * m_ss + r.b) * sin_alpha for r in before_readout], dim=-1)
+
+
+def qalas_magnitude(t1, t2, pd, ie, b1, timing: SequenceTiming) -> torch.Tensor:
+    """Magnitude ``|S_k|`` of :func:`qalas_signal` (what reconstructed images contain)."""
+    return qalas_signal(t1, t2, pd, ie, b1, timing).abs()
+
+
+def qalas_signal_repeated(t1, t2, pd, ie, b1, timing: SequenceTiming,
+                          n_cycles: int = 20) -> torch.Tensor:
+    """Reference implementation: play ``n_cycles`` cycles from ``M = M0`` explicitly.
+
+    Only for validating the closed-form steady state; slow and not differentiable-optimal.
+    """
+    t1 = _as_tensor(t1)
+    t2, pd, ie, b1 = (_as_tensor(x, t1) for x in (t2, pd, ie, b1))
+    t1, t2, pd, ie, b1 = torch.broadcast_tensors(t1, t2, pd, ie, b1)
+    alpha = timing.flip_angle_rad * b1
+    theta = (math.pi / 2) * b1
+    esp, etl = timing.esp, timing.etl
+    inv_t1_star = 1.0 / t1 - torch.log(torch.cos(alpha)) / esp
+    m0_star = pd * (1 - torch.exp(-esp / t1)) / (1 - torch.exp(-esp * inv_t1_star))
+    e_train = torch.exp(-etl * inv_t1_star)
+
+    def rec(m, delay):
+        e = torch.exp(-delay / t1)
+        return pd * (1 - e) + m * e
+
+    m = pd.clone()
+    signals = []
+    for _ in range(n_cycles):
+        signals = []
+        m = rec(m, timing.gap - etl - timing.t2p)
+        m = m * (torch.sin(theta) ** 2 * torch.exp(-(timing.t2p - timing.tc) / t2)
+                 + torch.cos(theta) ** 2 * torch.exp(-(timing.t2p - timing.tc) / t1))
+        m = rec(m, timing.tc)
+        for k in range(5):
+            if k == 1:
+                m = rec(m, timing.gap - etl - timing.tinv - timing.d56)
+                m = -ie * m
+                m = rec(m, timing.d56)
+            elif k > 1:
+                m = rec(m, timing.gap - etl)
+            signals.append(m * torch.sin(alpha))
+            m = m0_star * (1 - e_train) + m * e_train
+        m = rec(m, timing.tr_cycle - 5 * timing.gap + timing.trel)
+    return torch.stack(signals, dim=-1)
