@@ -1,0 +1,286 @@
+"""Write BIDS derivatives: names from entities, atomic float32 NIfTI + JSON sidecars.
+
+Names are built by pybids' :func:`~bids.layout.writing.build_path` with the patterns of
+``qalas_bids/data/io_spec.json`` (QSIPrep style), never by pasting strings. Images copy the
+affine and header of the QALAS reference (qform/sform codes kept), are float32 by default
+and must be NaN-free. Every file is written to a temporary name in the target folder and
+moved in place with :func:`os.replace`, so a crash never leaves a half-written map. Nothing
+is ever written inside the raw dataset.
+
+Output names (``<ents>`` = ``sub-<l>[_ses-<s>][_acq-<a>][_rec-<r>][_run-<n>]``)::
+
+    anat/<ents>_{T1map,T2map,PDmap,IEmap}.nii.gz      maps (IEmap: custom suffix)
+    anat/<ents>_desc-crlb_{T1map,...}.nii.gz          per-voxel standard deviation
+    anat/<ents>_desc-residual_QALAS.nii.gz            relative RMS residual (custom suffix)
+    anat/<ents>_desc-brain_mask.nii.gz
+    anat/<ents>_desc-synthetic_{T1w,T2w,PDw,FLAIR,DIR,PSIR,STIR}.nii.gz
+    fmap/<ents>_space-QALAS_TB1map.nii.gz
+    figures/<ents>_desc-<name>_<suffix>.svg           (sub-<l>/figures/)
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import nibabel as nib
+import numpy as np
+from bids.layout.writing import build_path
+
+from .. import __version__
+from .discovery import OUTPUT_ENTITIES, load_io_spec
+
+BIDS_VERSION = "1.10.0"
+CODE_URL = "https://github.com/qalas-bids/qalas-bids"
+#: Derivative suffixes that are not in the BIDS specification (listed in .bidsignore).
+CUSTOM_SUFFIXES = ("IEmap", "QALAS", "DIR", "PSIR", "STIR")
+BIDSIGNORE_LINES = tuple(f"*_{s}.*" for s in CUSTOM_SUFFIXES) + (
+    "*.html", "figures/", "logs/", "*/figures/", "*/log/")
+
+
+class OutputLocationError(ValueError):
+    """The output would be written inside the raw BIDS dataset."""
+
+
+# --------------------------------------------------------------------------- names
+def derivative_path(
+    entities: Mapping[str, Any],
+    suffix: str,
+    *,
+    desc: str | None = None,
+    space: str | None = None,
+    datatype: str = "anat",
+    extension: str = ".nii.gz",
+) -> str:
+    """Relative derivative path, e.g. ``sub-01/ses-01/anat/sub-01_ses-01_desc-crlb_T1map.nii.gz``.
+
+    ``entities`` is :attr:`QalasRun.entities` (other keys such as ``inv`` are dropped).
+    Raises ValueError when our patterns cannot name the file (unknown suffix/datatype).
+    """
+    ents = {k: str(entities[k]) for k in OUTPUT_ENTITIES if entities.get(k) not in (None, "")}
+    if "subject" not in ents:
+        raise ValueError(f"derivative_path needs a 'subject' entity, got {dict(entities)}")
+    ents.update(suffix=suffix, datatype=datatype, extension=extension)
+    if desc:
+        ents["desc"] = desc
+    if space:
+        ents["space"] = space
+    path = build_path(ents, load_io_spec()["patterns"], strict=True)
+    if not path:
+        raise ValueError(
+            f"no qalas-bids output pattern for suffix={suffix!r}, datatype={datatype!r}, "
+            f"extension={extension!r} (see qalas_bids/data/io_spec.json)")
+    return path
+
+
+def bids_uri(path: str | Path, bids_dir: str | Path, dataset: str = "raw") -> str:
+    """BIDS URI of ``path`` inside ``bids_dir``: ``bids:raw:sub-01/anat/...``."""
+    rel = Path(path).absolute().relative_to(Path(bids_dir).absolute())
+    return f"bids:{dataset}:{rel.as_posix()}"
+
+
+# --------------------------------------------------------------------------- safety
+def _is_inside(path: Path, parent: Path) -> bool:
+    path, parent = path.resolve(), parent.resolve()
+    return path == parent or parent in path.parents
+
+
+def _raw_dataset_above(out_dir: Path) -> Path | None:
+    """A raw BIDS dataset (dataset_description.json, not a derivative) containing out_dir."""
+    here = out_dir.resolve()
+    for folder in (here, *here.parents):
+        desc = folder / "dataset_description.json"
+        if desc.is_file():
+            try:
+                kind = json.loads(desc.read_text()).get("DatasetType", "raw")
+            except (OSError, ValueError):
+                kind = "raw"
+            if kind != "derivative":
+                return folder
+    return None
+
+
+def check_output_dir(out_dir: str | Path, bids_dir: str | Path | None = None) -> None:
+    """Raise :class:`OutputLocationError` if ``out_dir`` is (inside) a raw BIDS dataset."""
+    out_dir = Path(out_dir)
+    if bids_dir is not None and _is_inside(out_dir, Path(bids_dir)):
+        raise OutputLocationError(
+            f"output directory {out_dir} is inside the input BIDS dataset {bids_dir}: "
+            "qalas-bids never writes into the raw data; choose an output directory outside it")
+    raw = _raw_dataset_above(out_dir)
+    if raw is not None:
+        raise OutputLocationError(
+            f"output directory {out_dir} is inside the raw BIDS dataset {raw}: qalas-bids "
+            "never writes into raw data; choose an output directory outside it")
+
+
+# --------------------------------------------------------------------------- writing
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and :func:`os.replace`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
+    """Atomic JSON writer (numpy values converted; NaN refused)."""
+    text = json.dumps(dict(data), indent=2, default=_json_default, allow_nan=False)
+    return atomic_write_text(path, text + "\n")
+
+
+def _image_like(data: np.ndarray, reference_img: Any, dtype: Any) -> nib.Nifti1Image:
+    ref_header = reference_img.header
+    header = nib.Nifti1Header()
+    for key in ("xyzt_units", "dim_info", "qform_code", "sform_code", "quatern_b", "quatern_c",
+                "quatern_d", "qoffset_x", "qoffset_y", "qoffset_z", "srow_x", "srow_y",
+                "srow_z"):
+        try:
+            header[key] = ref_header[key]
+        except (KeyError, ValueError):
+            pass
+    header.set_zooms(tuple(ref_header.get_zooms()[:3]) + tuple(1.0 for _ in data.shape[3:]))
+    img = nib.Nifti1Image(data.astype(dtype, copy=False), reference_img.affine, header=header)
+    qform, qcode = reference_img.get_qform(coded=True)
+    sform, scode = reference_img.get_sform(coded=True)
+    img.set_qform(qform if qcode else reference_img.affine, code=int(qcode or 0))
+    img.set_sform(sform if scode else reference_img.affine, code=int(scode or 0))
+    img.header.set_data_dtype(dtype)
+    img.header["descrip"] = f"qalas-bids {__version__}".encode()[:80]
+    return img
+
+
+def write_derivative(
+    out_dir: str | Path,
+    rel_path: str | Path,
+    data: np.ndarray,
+    reference_img: Any,
+    metadata: Mapping[str, Any] | None,
+    *,
+    dtype: Any = np.float32,
+    bids_dir: str | Path | None = None,
+) -> Path:
+    """Write ``data`` as ``out_dir/rel_path`` (NIfTI) plus its JSON sidecar, atomically.
+
+    Parameters
+    ----------
+    out_dir : derivatives root
+    rel_path : from :func:`derivative_path` (relative, ``.nii``/``.nii.gz``)
+    data : 3D (or 4D) array on the reference grid; NaN/Inf refused (ValueError)
+    reference_img : the QALAS reference image (affine, voxel size, qform/sform codes copied)
+    metadata : sidecar content (written as ``<name>.json``; None: no sidecar)
+    dtype : stored type (float32; pass ``np.uint8`` for masks)
+    bids_dir : raw dataset, to refuse writing inside it
+    """
+    out_dir = Path(out_dir)
+    rel = Path(rel_path)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise ValueError(f"rel_path must be relative to the output directory, got {rel_path}")
+    name = rel.name
+    if not (name.endswith(".nii.gz") or name.endswith(".nii")):
+        raise ValueError(f"write_derivative writes NIfTI files, got {rel_path}")
+    check_output_dir(out_dir, bids_dir)
+    array = np.asanyarray(data)
+    if array.shape[:3] != tuple(reference_img.shape[:3]):
+        raise ValueError(
+            f"{rel_path}: data shape {array.shape} does not match the reference grid "
+            f"{tuple(reference_img.shape[:3])}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(
+            f"refusing to write {rel_path}: {int((~np.isfinite(array)).sum())} NaN/Inf voxel(s) "
+            "(a bug upstream - maps must be 0 outside the mask)")
+    img = _image_like(array, reference_img, dtype)
+    target = out_dir / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ext = ".nii.gz" if name.endswith(".nii.gz") else ".nii"
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{name[:-len(ext)]}.", suffix=f".tmp{ext}")
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        os.chmod(tmp, 0o644)
+        if metadata is not None:
+            write_json(target.parent / (name[: -len(ext)] + ".json"), metadata)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+# --------------------------------------------------------------------------- dataset files
+def detect_container(root: str | Path = "/", environ: Mapping[str, str] | None = None) -> dict | None:
+    """``GeneratedBy.Container`` when running in Docker or Singularity/Apptainer, else None.
+
+    Docker is detected by ``/.dockerenv``; Singularity/Apptainer by ``SINGULARITY_CONTAINER``
+    / ``APPTAINER_CONTAINER`` or ``/.singularity.d``. ``QALAS_BIDS_CONTAINER_TAG`` overrides
+    the reported tag.
+    """
+    environ = os.environ if environ is None else environ
+    root = Path(root)
+    tag = environ.get("QALAS_BIDS_CONTAINER_TAG")
+    image = environ.get("SINGULARITY_CONTAINER") or environ.get("APPTAINER_CONTAINER")
+    if image or (root / ".singularity.d").exists():
+        out = {"Type": "singularity"}
+        if tag or image:
+            out["URI"] = tag or image
+        return out
+    if (root / ".dockerenv").exists():
+        return {"Type": "docker", "Tag": tag or f"qalas-bids/qalas-bids:{__version__}"}
+    return None
+
+
+def write_dataset_description(out_dir: str | Path, bids_dir: str | Path) -> Path:
+    """Write ``out_dir/dataset_description.json`` (derivative, GeneratedBy, raw links)."""
+    out_dir, bids_dir = Path(out_dir).absolute(), Path(bids_dir).absolute()
+    check_output_dir(out_dir, bids_dir)
+    generated = {"Name": "qalas-bids", "Version": __version__, "CodeURL": CODE_URL,
+                 "Description": "Quantitative T1/T2/PD/IE maps from 3D-QALAS (SSL-QALAS)"}
+    container = detect_container()
+    if container:
+        generated["Container"] = container
+    source: dict[str, Any] = {"URL": bids_dir.as_uri()}
+    raw_desc = bids_dir / "dataset_description.json"
+    try:
+        raw = json.loads(raw_desc.read_text())
+    except (OSError, ValueError):
+        raw = {}
+    if raw.get("DatasetDOI"):
+        source["DOI"] = raw["DatasetDOI"]
+    description = {
+        "Name": f"qalas-bids outputs{' for ' + raw['Name'] if raw.get('Name') else ''}",
+        "BIDSVersion": BIDS_VERSION,
+        "DatasetType": "derivative",
+        "GeneratedBy": [generated],
+        "SourceDatasets": [source],
+        "DatasetLinks": {"raw": bids_dir.as_uri()},
+        "HowToAcknowledge": "Cite SSL-QALAS (Jang et al.) and qalas-bids; see logs/CITATION.md",
+    }
+    return write_json(out_dir / "dataset_description.json", description)
+
+
+def write_bidsignore(out_dir: str | Path) -> Path:
+    """Write/extend ``out_dir/.bidsignore`` with the custom suffixes and report folders."""
+    path = Path(out_dir) / ".bidsignore"
+    existing = path.read_text().splitlines() if path.is_file() else []
+    lines = existing + [line for line in BIDSIGNORE_LINES if line not in existing]
+    return atomic_write_text(path, "\n".join(lines) + "\n")

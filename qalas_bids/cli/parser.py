@@ -1,0 +1,139 @@
+"""Command-line parser of qalas-bids (BIDS App conventions, fMRIPrep habits).
+
+Importing this module is cheap (no nipype/torch), so ``--help`` and ``--version`` are fast.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .. import __version__
+from . import validators as v
+
+FIT_MODES = ("scan-specific", "pretrained", "fine-tune", "dictionary")
+VENDOR_PRESETS = ("siemens", "ge", "philips")
+SYNTHETIC_CONTRASTS = ("T1w", "T2w", "PDw", "FLAIR", "DIR", "PSIR", "STIR")
+
+_DESCRIPTION = f"""\
+qalas-bids {__version__}: quantitative T1, T2, PD and inversion-efficiency (IE) maps, their
+uncertainty and synthetic contrasts from 3D-QALAS with a TurboFLASH B1+ map (SSL-QALAS).
+Input: a BIDS dataset; output: a BIDS derivatives dataset with an HTML report per subject.
+"""
+
+_EPILOG = """\
+exit status: 0 success, 1 processing failure (crash files are listed), 2 usage or input
+error. qalas-bids never downloads anything and never phones home. Intermediate results are
+kept in the work directory (default ./work): re-running the same command reuses them.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``qalas-bids`` argument parser (options grouped as in fMRIPrep)."""
+    parser = argparse.ArgumentParser(
+        prog="qalas-bids",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("bids_dir", type=v.existing_dir,
+                        help="root of the input BIDS dataset (never modified; may be read-only)")
+    parser.add_argument("output_dir", type=v.output_path,
+                        help="derivatives folder to write (created; must not be inside bids_dir)")
+    parser.add_argument("analysis_level", choices=("participant", "group"),
+                        help="'participant' fits each subject; 'group' summarises existing derivatives")
+    parser.add_argument("--version", action="version", version=f"qalas-bids {__version__}")
+
+    g = parser.add_argument_group("Selecting the data")
+    g.add_argument("--participant-label", "--participant_label", dest="participant_label",
+                   nargs="+", type=v.bids_label("sub"), metavar="LABEL",
+                   help="participants to process, with or without 'sub-' (default: all)")
+    g.add_argument("--session-label", dest="session_label", nargs="+", type=v.bids_label("ses"),
+                   metavar="LABEL", help="sessions to process, with or without 'ses-' (default: all)")
+    g.add_argument("--bids-filter-file", dest="bids_filters", type=v.bids_filter_file,
+                   metavar="FILE",
+                   help='JSON of pybids entities narrowing the queries, fMRIPrep format, e.g. '
+                        '{"qalas": {"session": "01", "run": 1}, "b1": {"acquisition": "famp"}}')
+    g.add_argument("--skip-bids-validation", action="store_true",
+                   help="do not run bids-validator-deno (it runs offline when on PATH)")
+    g.add_argument("--derivatives", nargs="+", type=v.existing_dir, metavar="PATH",
+                   help="group level: qalas-bids derivatives folder(s) to summarise "
+                        "(default: output_dir)")
+
+    g = parser.add_argument_group("Fitting")
+    g.add_argument("--fit-mode", choices=FIT_MODES, default="scan-specific",
+                   help="scan-specific trains SSL-QALAS on this scan; pretrained applies shipped "
+                        "weights; fine-tune starts from them; dictionary is the classic matching")
+    g.add_argument("--device", type=v.device_spec, default="auto",
+                   help="auto, cpu, cuda or cuda:N; auto falls back to the CPU with an info line")
+    g.add_argument("--no-b1", action="store_true",
+                   help="fit without a B1+ map (B1 = 1). Biases T2 and IE: explicit opt-in only")
+    g.add_argument("--b1-flip-angle", type=v.flip_angle_deg, metavar="DEG",
+                   help="nominal flip angle of the TurboFLASH B1 map (default: FlipAngle of the "
+                        "famp sidecar; relative B1 = famp / (10 * angle))")
+    g.add_argument("--vendor-preset", choices=VENDOR_PRESETS,
+                   help="QALAS timing preset to use instead of the sidecar's Manufacturer")
+    g.add_argument("--seed", type=v.non_negative_int, default=0,
+                   help="random seed of the network training (reproducible results)")
+
+    g = parser.add_argument_group("SSL training (expert)")
+    g.add_argument("--epochs", type=v.positive_int, metavar="N",
+                   help="training epochs (default: the engine's choice for --fit-mode)")
+    g.add_argument("--batch-size", type=v.positive_int, metavar="N",
+                   help="voxels per mini-batch (default: the engine's choice)")
+
+    g = parser.add_argument_group("Synthetic contrasts")
+    g.add_argument("--synth-contrasts", nargs="+", choices=SYNTHETIC_CONTRASTS, metavar="NAME",
+                   help=f"contrasts to synthesise, among {', '.join(SYNTHETIC_CONTRASTS)} (default: all)")
+    g.add_argument("--synth-params", type=v.json_file, metavar="FILE",
+                   help='JSON overriding TR/TE/TI (seconds) per contrast, e.g. '
+                        '{"T1w": {"RepetitionTime": 0.6}}')
+
+    g = parser.add_argument_group("Performance and execution")
+    g.add_argument("-w", "--work-dir", type=v.output_path, default=Path("work"),
+                   help="work directory for intermediate results (reused on re-runs; local disk "
+                        "recommended; default ./work)")
+    g.add_argument("--nprocs", "--n-cpus", dest="nprocs", type=v.positive_int,
+                   help="processes run in parallel (default: all CPUs)")
+    g.add_argument("--omp-nthreads", type=v.positive_int,
+                   help="threads per process for torch/numpy (default: min(8, nprocs))")
+    g.add_argument("--mem", "--mem-gb", dest="mem_gb", type=v.memory_gb, metavar="MEM",
+                   help="memory limit for the scheduler, e.g. 16G or 16000M (default: all RAM)")
+    g.add_argument("--use-plugin", dest="plugin_file", type=v.plugin_file, metavar="FILE",
+                   help="nipype plugin YAML with 'plugin' and 'plugin_args' "
+                        "(e.g. plugin: SLURMGraph); --nprocs overrides n_procs")
+    g.add_argument("--stop-on-first-crash", action="store_true",
+                   help="stop at the first failing node instead of running the independent ones")
+    g.add_argument("--reports-only", action="store_true",
+                   help="only (re)write the HTML reports from existing derivatives")
+    g.add_argument("--boilerplate-only", action="store_true",
+                   help="only write the methods boilerplate (logs/CITATION.*)")
+    g.add_argument("--notrack", action="store_true",
+                   help="accepted for compatibility; qalas-bids never sends usage data anyway")
+    g.add_argument("-v", "--verbose", dest="verbose", action="count", default=0,
+                   help="more log output (-v info from nipype, -vv debug)")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and cross-check arguments (problems exit with status 2, like argparse)."""
+    parser = build_parser()
+    opts = parser.parse_args(argv)
+    bids_dir, output_dir = opts.bids_dir, opts.output_dir
+    if output_dir == bids_dir or bids_dir in output_dir.parents:
+        parser.error(
+            f"output_dir {output_dir} is inside bids_dir {bids_dir}: choose a folder outside the "
+            "input dataset (the input is never written to)"
+        )
+    work_dir = opts.work_dir
+    if work_dir == bids_dir or bids_dir in work_dir.parents:
+        parser.error(f"work dir {work_dir} is inside bids_dir {bids_dir}: the input dataset is "
+                     "never written to; pass -w /somewhere/else")
+    if not (bids_dir / "dataset_description.json").is_file():
+        parser.error(f"{bids_dir} does not look like a BIDS dataset (no dataset_description.json)")
+    if opts.no_b1 and opts.b1_flip_angle is not None:
+        parser.error("--b1-flip-angle makes no sense with --no-b1")
+    if opts.reports_only and opts.boilerplate_only:
+        parser.error("choose one of --reports-only and --boilerplate-only")
+    if opts.analysis_level == "participant" and opts.derivatives:
+        parser.error("--derivatives is only used at the group level")
+    return opts

@@ -1,0 +1,279 @@
+"""``qalas-bids`` entry point: parse -> settings -> checks -> workflow -> run -> reports.
+
+Exit status: 0 success, 1 processing failure (crash files listed), 2 usage/input error
+(one message, no traceback). The raw dataset is only read; outputs are written atomically
+and never deleted.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from ..config import Settings
+from .parser import parse_args
+
+LOGGER = logging.getLogger("qalas_bids")
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A user/input problem found after parsing (exit 2, message only)."""
+
+
+def setup_logging(verbose: int) -> None:
+    """Timestamped log lines on stderr; ``-v`` nipype info, ``-vv`` debug."""
+    level = logging.DEBUG if verbose >= 2 else logging.INFO
+    logging.basicConfig(level=level, stream=sys.stderr, force=True,
+                        format="%(asctime)s | %(levelname)-7s | %(name)s: %(message)s",
+                        datefmt="%Y-%m-%d %H:%M:%S")
+    logging.getLogger("qalas_bids").setLevel(level)
+    for noisy in ("bids", "matplotlib", "PIL", "numexpr"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def configure_nipype(settings: Settings) -> None:
+    """Global nipype configuration (set before any workflow is built)."""
+    from nipype import config as ncfg
+    from nipype import logging as nlogging
+
+    ncfg.update_config({
+        "execution": {
+            "crashdump_dir": str(settings.output_dir / "logs" / settings.run_uuid),
+            "crashfile_format": "txt",
+            "hash_method": "content",
+            "remove_unnecessary_outputs": True,
+            "stop_on_first_crash": settings.stop_on_first_crash,
+            "check_version": False,
+            "get_linked_libs": False,
+            "parameterize_dirs": False,
+        },
+        "monitoring": {"enabled": False},
+        "logging": {
+            "workflow_level": "DEBUG" if settings.verbose >= 2 else "INFO" if settings.verbose else "WARNING",
+            "interface_level": "DEBUG" if settings.verbose >= 2 else "WARNING",
+            "utils_level": "WARNING",
+            "log_to_file": False,
+        },
+    })
+    nlogging.update_logging(ncfg)
+
+
+def check_device(settings: Settings) -> Settings:
+    """Resolve ``--device`` now (exit 2 when a requested GPU is missing)."""
+    from ..qalas.device import resolve_device
+
+    device = resolve_device(settings.device)
+    LOGGER.info("Compute device: %s (requested %s)", device, settings.device)
+    return settings.replace(resolved_device=str(device))
+
+
+def discover_runs(settings: Settings) -> list:
+    """Find and pre-check every QALAS run (all input errors surface here, before any work)."""
+    from ..bids import collect_qalas_runs, load_qalas_run
+
+    runs = collect_qalas_runs(
+        settings.bids_dir,
+        participant_labels=settings.participant_labels,
+        session_labels=settings.session_labels,
+        bids_filters=settings.bids_filters,
+        require_b1=not settings.no_b1,
+        vendor_preset=settings.vendor_preset,
+        work_dir=settings.work_dir,
+    )
+    if not runs:
+        raise UsageError("no QALAS runs selected: check --participant-label/--session-label and "
+                         "--bids-filter-file")
+    for run in runs:
+        load_qalas_run(run)  # NaN/Inf, negative, empty contrasts
+        if settings.no_b1:
+            if run.b1 is not None:
+                LOGGER.warning("%s: a B1 map exists (%s) but --no-b1 was given: fitting with B1 = 1",
+                               run.label, run.b1.reason)
+            else:
+                LOGGER.warning("%s: no B1 map (--no-b1): T2 and IE will be biased", run.label)
+        elif run.b1 is not None and run.b1.kind == "tfl" and settings.b1_flip_angle is None:
+            if not run.b1.metadata.get("FlipAngle"):
+                raise UsageError(
+                    f"{run.label}: the B1 famp sidecar ({Path(run.b1.files['famp']).name}) has no "
+                    "FlipAngle: pass the B1 map's nominal flip angle with --b1-flip-angle "
+                    "(Siemens tfl_b1map default: 80)")
+    if settings.fit_mode in ("pretrained", "fine-tune"):
+        from ..qalas.pretrained import default_model_path
+
+        model = Path(settings.model_path) if settings.model_path else default_model_path()
+        if not model.is_file():
+            raise UsageError(f"--fit-mode {settings.fit_mode} needs network weights, but {model} "
+                             "does not exist: use --fit-mode scan-specific (trains on this scan) "
+                             "or reinstall qalas-bids")
+    LOGGER.info("%d QALAS run(s) of %d participant(s) selected", len(runs),
+                len({r.subject for r in runs}))
+    return runs
+
+
+def _subjects(settings: Settings, runs: list | None) -> list[str]:
+    if runs:
+        return sorted({r.subject for r in runs})
+    if settings.participant_labels:
+        return list(settings.participant_labels)
+    return sorted(p.name[4:] for p in settings.output_dir.glob("sub-*") if p.is_dir())
+
+
+def write_reports(settings: Settings, subjects: list[str]) -> bool:
+    """HTML report per participant (reads derivatives from disk). Returns success."""
+    ok = True
+    try:
+        from ..reports.participant import make_participant_report
+    except ImportError as exc:
+        LOGGER.error("reports unavailable: %s", exc)
+        return False
+    for subject in subjects:
+        try:
+            path = make_participant_report(settings.output_dir, subject, bids_dir=settings.bids_dir)
+            LOGGER.info("Report written: %s", path)
+        except Exception as exc:  # a report problem must not hide the processing result
+            LOGGER.error("report for sub-%s failed: %s: %s", subject, type(exc).__name__, exc)
+            ok = False
+    return ok
+
+
+def run_sidecars(settings: Settings, runs: list) -> list[dict]:
+    """T1map sidecar of each run as written (``{}`` before the fit) plus its ``entities``."""
+    import json
+
+    from ..bids import derivative_path
+
+    out = []
+    for run in runs:
+        sidecar = settings.output_dir / derivative_path(run.entities, "T1map", extension=".json")
+        try:
+            meta = json.loads(sidecar.read_text())
+        except (OSError, ValueError):
+            meta = {"FitMode": settings.fit_mode}
+        out.append({**meta, "entities": dict(run.entities)})
+    return out
+
+
+def write_boilerplate(settings: Settings, runs: list) -> None:
+    """``logs/CITATION.{md,html,bib}`` describing what ran."""
+    from ..reports.boilerplate import write_citation_files
+
+    paths = write_citation_files(settings.output_dir, settings.as_dict(), run_sidecars(settings, runs))
+    LOGGER.info("Methods boilerplate written: %s", paths.get("md"))
+
+
+def find_crash_files(settings: Settings) -> list[Path]:
+    patterns = [f"sub-*/log/{settings.run_uuid}/crash-*", f"logs/{settings.run_uuid}/crash-*"]
+    return sorted(p for pat in patterns for p in settings.output_dir.glob(pat))
+
+
+def run_participant(settings: Settings) -> int:
+    from ..bids import write_bidsignore, write_dataset_description
+    from ..utils.bids_validation import validate_bids
+
+    settings = check_device(settings)
+    if not settings.skip_bids_validation and not settings.reports_only:
+        validate_bids(settings.bids_dir)
+    runs = None if settings.reports_only else discover_runs(settings)
+    if settings.reports_only:
+        return EXIT_OK if write_reports(settings, _subjects(settings, None)) else EXIT_FAILURE
+
+    configure_nipype(settings)
+    from ..workflows.base import init_qalas_bids_wf
+
+    workflow = init_qalas_bids_wf(settings=settings, runs=runs)
+    settings.output_dir.mkdir(parents=True, exist_ok=True)
+    write_dataset_description(settings.output_dir, settings.bids_dir)
+    write_bidsignore(settings.output_dir)
+    LOGGER.info("Settings written to %s", settings.write_json())
+    if settings.boilerplate_only:
+        write_boilerplate(settings, runs)
+        return EXIT_OK
+
+    status = EXIT_OK
+    try:
+        LOGGER.info("Running %s with the %s plugin %s (work dir %s)", workflow.name,
+                    settings.plugin, settings.plugin_args, settings.work_dir)
+        workflow.run(plugin=settings.plugin, plugin_args=dict(settings.plugin_args))
+    except Exception as exc:  # nipype raises RuntimeError after running what it could
+        status = EXIT_FAILURE
+        crashes = find_crash_files(settings)
+        LOGGER.critical("Processing failed: %s", exc)
+        for crash in crashes:
+            LOGGER.critical("Crash file: %s", crash)
+            print(f"qalas-bids: crash file: {crash}", file=sys.stderr)
+        if not crashes:
+            LOGGER.critical("No crash file found under %s", settings.output_dir)
+    finally:
+        write_dataset_description(settings.output_dir, settings.bids_dir)
+        write_bidsignore(settings.output_dir)
+        try:
+            write_boilerplate(settings, runs)
+        except Exception as exc:
+            LOGGER.error("boilerplate failed: %s: %s", type(exc).__name__, exc)
+            status = status or EXIT_FAILURE
+        if not write_reports(settings, _subjects(settings, runs)):
+            status = status or EXIT_FAILURE
+    if status == EXIT_OK:
+        LOGGER.info("qalas-bids finished successfully: outputs in %s", settings.output_dir)
+    return status
+
+
+def run_group(settings: Settings) -> int:
+    from ..reports.group import run_group_level
+
+    derivatives = list(settings.derivatives) or [settings.output_dir]
+    run_group_level(settings.bids_dir, settings.output_dir, derivatives=derivatives,
+                    participant_labels=settings.participant_labels)
+    return EXIT_OK
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from ..qalas.errors import DeviceError, QalasInputError
+    from ..qalas.timing import TimingError
+
+    errors: list[type[BaseException]] = [UsageError, QalasInputError, DeviceError, TimingError,
+                                         PermissionError]
+    try:
+        from ..bids.derivatives import OutputLocationError
+        errors.append(OutputLocationError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console script ``qalas-bids`` (returns and exits with the status code)."""
+    opts = parse_args(argv)  # argparse exits 2 on usage errors
+    settings = Settings.from_namespace(opts)
+    setup_logging(settings.verbose)
+    from ..utils.environment import check_writable, prepare_environment
+
+    try:
+        check_writable(settings.work_dir)
+        prepare_environment(settings.work_dir, settings.omp_nthreads)
+        user_errors = _user_errors()
+    except PermissionError as exc:
+        print(f"qalas-bids: error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    if settings.notrack:
+        LOGGER.debug("--notrack: nothing to disable, qalas-bids never sends usage data")
+    LOGGER.info("qalas-bids %s (%s level), run %s", settings.version, settings.analysis_level,
+                settings.run_uuid)
+    try:
+        if settings.analysis_level == "group":
+            status = run_group(settings)
+        else:
+            status = run_participant(settings)
+    except user_errors as exc:
+        print(f"qalas-bids: error: {exc}", file=sys.stderr)
+        status = EXIT_USAGE
+    except KeyboardInterrupt:
+        print("qalas-bids: interrupted", file=sys.stderr)
+        status = 130
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()

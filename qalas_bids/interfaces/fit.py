@@ -1,0 +1,91 @@
+"""Voxel-wise QALAS fit of one run (calls :func:`qalas_bids.qalas.fit_volume.fit_volume`)."""
+from __future__ import annotations
+
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+from nipype.interfaces.base import (BaseInterfaceInputSpec, File, SimpleInterface,
+                                    TraitedSpec, isdefined, traits)
+
+from ..qalas.timing import SequenceTiming
+from ..utils.images import first_volume, save_like
+from ..utils.metadata import fit_sidecar_metadata
+
+#: Keys of ``VolumeFit.maps`` in output order (units: s, s, a.u., 1, same for crlb, 1).
+MAP_KEYS = ("t1", "t2", "pd", "ie", "crlb_t1", "crlb_t2", "crlb_pd", "crlb_ie", "residual")
+FIT_MODES = ("scan-specific", "pretrained", "fine-tune", "dictionary")
+
+
+class _FitQalasInputSpec(BaseInterfaceInputSpec):
+    qalas_file = File(exists=True, mandatory=True, desc="4D QALAS image (X, Y, Z, 5)")
+    mask_file = File(exists=True, mandatory=True, desc="mask of the voxels to fit")
+    b1_file = File(exists=True, desc="relative B1 on the QALAS grid (omitted: B1 = 1)")
+    timing = traits.Dict(mandatory=True, desc="SequenceTiming.as_dict()")
+    method = traits.Enum(*FIT_MODES, usedefault=True, desc="fit mode")
+    device = traits.Str("auto", usedefault=True, desc="auto, cpu, cuda or cuda:N")
+    seed = traits.Int(0, usedefault=True, desc="random seed")
+    model_path = File(exists=True, desc="network weights for pretrained / fine-tune")
+    ssl_options = traits.Dict(desc="expert SSL options (epochs, batch_size, ...)")
+    num_threads = traits.Int(1, usedefault=True, desc="torch CPU threads")
+    timing_sources = traits.Dict(desc="where each timing value came from (for the sidecar)")
+    timing_warnings = traits.List(traits.Str, desc="timing warnings (for the sidecar)")
+    b1_info = traits.Dict(desc="B1 preparation summary (for the sidecar)")
+
+
+class _FitQalasOutputSpec(TraitedSpec):
+    out_maps = traits.List(File(exists=True), desc=f"maps in the order {MAP_KEYS}")
+    t1 = File(exists=True, desc="T1 (s)")
+    t2 = File(exists=True, desc="T2 (s)")
+    pd = File(exists=True, desc="PD (a.u.)")
+    ie = File(exists=True, desc="inversion efficiency")
+    info = traits.Dict(desc="VolumeFit.info (JSON-serialisable provenance)")
+    info_file = File(exists=True, desc="info as JSON")
+    sidecar = traits.Dict(desc="sidecar keys derived from info (SequenceTiming, FitInfo, Warnings)")
+
+
+class FitQalas(SimpleInterface):
+    """Fit T1/T2/PD/IE (+ CRLB and residual maps) inside the mask."""
+
+    input_spec = _FitQalasInputSpec
+    output_spec = _FitQalasOutputSpec
+
+    def _run_interface(self, runtime):
+        import torch
+
+        from ..qalas.fit_volume import fit_volume
+
+        torch.set_num_threads(max(1, self.inputs.num_threads))
+        img = nib.load(self.inputs.qalas_file)
+        reference = first_volume(img)
+        qalas = np.asarray(img.dataobj, dtype=np.float32)
+        mask = np.asarray(nib.load(self.inputs.mask_file).dataobj) > 0
+        b1 = None
+        if isdefined(self.inputs.b1_file):
+            b1 = np.asarray(nib.load(self.inputs.b1_file).dataobj, dtype=np.float32)
+        result = fit_volume(
+            qalas, b1, mask, SequenceTiming(**self.inputs.timing),
+            method=self.inputs.method,
+            device=self.inputs.device,
+            seed=self.inputs.seed,
+            model_path=self.inputs.model_path if isdefined(self.inputs.model_path) else None,
+            ssl_options=dict(self.inputs.ssl_options) if isdefined(self.inputs.ssl_options) else None,
+            progress=False,
+        )
+        out_maps = []
+        for key in MAP_KEYS:
+            path = save_like(result.maps[key], reference, os.path.join(runtime.cwd, f"{key}.nii.gz"))
+            out_maps.append(path)
+            if key in ("t1", "t2", "pd", "ie"):
+                self._results[key] = path
+        info = json.loads(json.dumps(result.info, default=str))
+        info_file = os.path.join(runtime.cwd, "fit_info.json")
+        with open(info_file, "w") as fobj:
+            json.dump(info, fobj, indent=2)
+        optional = {name: getattr(self.inputs, name) for name in
+                    ("timing_sources", "timing_warnings", "b1_info")
+                    if isdefined(getattr(self.inputs, name))}
+        sidecar = fit_sidecar_metadata(info, **optional)
+        self._results.update(out_maps=out_maps, info=info, info_file=info_file, sidecar=sidecar)
+        return runtime

@@ -1,0 +1,328 @@
+"""Digital brain: a realistic 3D-QALAS test object with exact ground truth.
+
+Anatomy
+    Tissue probability maps of the MNI152 (ICBM 2009a) template that ship *inside* the
+    nilearn package (no download): grey matter (GM), white matter (WM) and the brain
+    mask; cerebrospinal fluid is ``CSF = brain - GM - WM`` (clipped to >= 0; includes
+    ventricles and the extra-axial CSF). The 1 mm maps are cropped to the brain bounding
+    box plus ``margin_mm`` and resampled (nibabel, trilinear) to the requested isotropic
+    resolution; linear interpolation of the fractions gives partial-volume voxels at the
+    edges.
+
+Parameters (3 T literature values; times in seconds)
+    ======  =====  ======  ====  ====
+    tissue  T1     T2      PD    IE
+    ======  =====  ======  ====  ====
+    WM      0.85   0.075   0.69  0.88
+    GM      1.35   0.095   0.80  0.88
+    CSF     4.2    1.8     1.00  0.98
+    ======  =====  ======  ====  ====
+
+    Per voxel the *parameters* are mixed (not the signals), which keeps one exact ground
+    truth per voxel: T1 and T2 are fraction-weighted *geometric* means over the tissues
+    present (``log T = sum(f_i log T_i) / sum(f_i)``: between the arithmetic mean, where
+    5 % CSF would raise a GM voxel's T2 by 30 %, and the fast-exchange mean of the rates,
+    where 20 % GM would cut a CSF voxel's T2 to 0.6 s), IE is the fraction-weighted mean
+    and PD the fraction-weighted *sum* (partial volume with the background, whose PD is 0,
+    lowers PD). Each map is then multiplied by ``1 + 0.03 * g`` where ``g`` is a
+    smooth (Gaussian-filtered, ~12 mm) unit-variance random field of ``anatomy_seed``,
+    so that maps are not piecewise constant.
+
+B1+
+    Smooth analytic field of world position: ``b1 = b1_scale * (1.05 - 0.25 * r**2)``
+    with ``r`` the ellipsoidal distance from the brain centre normalised by the brain's
+    semi-axes (1.05 in the centre, 0.8 at the brain surface), floored at 0.6 outside.
+    :meth:`DigitalBrain.b1_at` evaluates it at any world coordinate (used to write B1
+    maps on other grids).
+
+Signals and noise
+    Magnitudes from :func:`qalas_bids.qalas.signal_model.qalas_magnitude` (float64).
+    Rician noise: ``|s + n1 + i n2|`` with ``n1, n2 ~ N(0, sigma^2)``.
+    **SNR definition**: ``SNR = mean noiseless magnitude of contrast 5 (index 4) in WM
+    voxels (WM fraction > 0.8) / sigma``.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Callable
+
+import nibabel as nib
+import numpy as np
+import torch
+from nibabel.processing import resample_from_to
+from scipy import ndimage
+
+from .errors import QalasInputError
+from .signal_model import qalas_magnitude
+from .timing import SequenceTiming
+
+#: Literature 3 T values per tissue: T1 (s), T2 (s), PD (a.u.), IE.
+TISSUE_PARAMETERS: dict[str, dict[str, float]] = {
+    "WM": {"t1": 0.85, "t2": 0.075, "pd": 0.69, "ie": 0.88},
+    "GM": {"t1": 1.35, "t2": 0.095, "pd": 0.80, "ie": 0.88},
+    "CSF": {"t1": 4.2, "t2": 1.8, "pd": 1.0, "ie": 0.98},
+}
+#: Label values of the tissue segmentation (BIDS dseg): 0 is background.
+TISSUE_LABELS: dict[str, int] = {"CSF": 1, "GM": 2, "WM": 3}
+#: Relative amplitude of the smooth spatial variation of T1/T2/PD/IE.
+SPATIAL_VARIATION = 0.03
+#: Smoothing (mm, Gaussian sigma) of the random spatial-variation fields.
+VARIATION_SMOOTHING_MM = 12.0
+#: B1 in the brain centre and at the brain surface (before ``b1_scale``).
+B1_CENTRE, B1_SURFACE, B1_FLOOR = 1.05, 0.80, 0.6
+#: WM fraction above which a voxel counts as WM for the SNR definition.
+SNR_WM_FRACTION = 0.8
+
+_TISSUES = ("WM", "GM", "CSF")
+
+
+@dataclass
+class DigitalBrain:
+    """Ground-truth maps, B1 and simulated QALAS magnitudes of the digital brain.
+
+    ``t1``/``t2`` in seconds, ``pd`` unitless (0 in the background), ``ie`` and ``b1``
+    unitless; all 3D float64 on the grid ``affine`` (RAS mm). ``noiseless`` and
+    ``signals`` are ``(X, Y, Z, 5)`` magnitudes; ``sigma`` is the Rician noise level in
+    the same units and ``snr`` the requested SNR (see the module docstring).
+    """
+
+    t1: np.ndarray
+    t2: np.ndarray
+    pd: np.ndarray
+    ie: np.ndarray
+    b1: np.ndarray
+    tissue_fractions: dict[str, np.ndarray]
+    labels: np.ndarray
+    brain_mask: np.ndarray
+    affine: np.ndarray
+    timing: SequenceTiming
+    noiseless: np.ndarray
+    signals: np.ndarray
+    sigma: float
+    snr: float
+    seed: int = 0
+    b1_scale: float = 1.0
+    b1_field: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.t1.shape)  # type: ignore[return-value]
+
+    def tissue_mask(self, name: str, min_fraction: float = 0.8) -> np.ndarray:
+        """Voxels whose fraction of tissue ``name`` (WM, GM or CSF) exceeds ``min_fraction``."""
+        key = name.upper()
+        if key not in self.tissue_fractions:
+            raise KeyError(f"unknown tissue {name!r}; choose one of {sorted(self.tissue_fractions)}")
+        return self.tissue_fractions[key] > min_fraction
+
+    def b1_at(self, world_xyz: np.ndarray) -> np.ndarray:
+        """True B1 at world (RAS mm) coordinates ``(..., 3)`` (same field as ``self.b1``)."""
+        assert self.b1_field is not None
+        return self.b1_field(np.asarray(world_xyz, dtype=float))
+
+    def to_nifti(self, data: np.ndarray, dtype=np.float32) -> nib.Nifti1Image:
+        """Wrap an array on this grid in a NIfTI image (qform/sform = ``affine``)."""
+        img = nib.Nifti1Image(np.asarray(data, dtype=dtype), self.affine)
+        img.header.set_xyzt_units("mm", "sec")
+        img.set_qform(self.affine, code=1)
+        img.set_sform(self.affine, code=1)
+        return img
+
+
+def add_rician_noise(signals: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Magnitude of ``signals`` plus complex Gaussian noise of std ``sigma`` per channel."""
+    signals = np.asarray(signals, dtype=np.float64)
+    if sigma < 0 or not np.isfinite(sigma):
+        raise QalasInputError(f"noise sigma must be a finite number >= 0, got {sigma!r}")
+    real = signals + rng.normal(0.0, sigma, signals.shape)
+    imag = rng.normal(0.0, sigma, signals.shape)
+    return np.hypot(real, imag)
+
+
+@functools.lru_cache(maxsize=4)
+def _template_fractions(resolution: float, margin_mm: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """(GM, WM, CSF fractions, affine) of the MNI152 templates shipped with nilearn."""
+    from nilearn import datasets  # local import: nilearn is slow to import
+
+    gm_img = datasets.load_mni152_gm_template(resolution=1)
+    wm_img = datasets.load_mni152_wm_template(resolution=1)
+    brain_img = datasets.load_mni152_brain_mask(resolution=1)
+    brain = brain_img.get_fdata() > 0
+    # Crop (1 mm grid) to the brain bounding box plus the margin.
+    idx = np.argwhere(brain | (gm_img.get_fdata() + wm_img.get_fdata() > 0.05))
+    lo, hi = idx.min(0), idx.max(0) + 1
+    src_affine = brain_img.affine
+    world_lo = nib.affines.apply_affine(src_affine, lo) - margin_mm
+    world_hi = nib.affines.apply_affine(src_affine, hi - 1) + margin_mm
+    shape = tuple(int(np.ceil(n)) + 1 for n in (world_hi - world_lo) / resolution)
+    affine = np.diag([resolution, resolution, resolution, 1.0])
+    affine[:3, 3] = world_lo
+
+    def resample(data: np.ndarray) -> np.ndarray:
+        img = nib.Nifti1Image(data.astype(np.float32), src_affine)
+        out = resample_from_to(img, (shape, affine), order=1, mode="constant", cval=0.0)
+        return np.clip(np.asarray(out.dataobj, dtype=np.float64), 0.0, 1.0)
+
+    gm = resample(gm_img.get_fdata())
+    wm = resample(wm_img.get_fdata())
+    total = np.maximum(resample(brain.astype(np.float32)), np.clip(gm + wm, 0, 1))
+    over = gm + wm > 1.0
+    scale = np.where(over, 1.0 / np.maximum(gm + wm, 1e-12), 1.0)
+    gm, wm = gm * scale, wm * scale
+    csf = np.clip(total - gm - wm, 0.0, 1.0)
+    for arr in (gm, wm, csf):
+        arr[arr < 1e-3] = 0.0
+        arr.setflags(write=False)
+    affine.setflags(write=False)
+    return {"WM": wm, "GM": gm, "CSF": csf}, affine
+
+
+def _smooth_field(shape: tuple[int, ...], resolution: float, rng: np.random.Generator) -> np.ndarray:
+    """Unit-variance, zero-mean smooth random field (Gaussian-filtered white noise)."""
+    field_ = ndimage.gaussian_filter(rng.standard_normal(shape), VARIATION_SMOOTHING_MM / resolution,
+                                     mode="reflect")
+    field_ -= field_.mean()
+    return np.clip(field_ / max(field_.std(), 1e-12), -3.0, 3.0)
+
+
+def make_b1_field(centre_mm: np.ndarray, semi_axes_mm: np.ndarray,
+                  b1_scale: float = 1.0) -> Callable[[np.ndarray], np.ndarray]:
+    """Smooth B1 field of world position: ``b1_scale*(1.05 - 0.25 r^2)``, floored at 0.6."""
+    centre = np.asarray(centre_mm, dtype=float)
+    axes = np.asarray(semi_axes_mm, dtype=float)
+
+    def b1(world_xyz: np.ndarray) -> np.ndarray:
+        r2 = (((np.asarray(world_xyz, dtype=float) - centre) / axes) ** 2).sum(-1)
+        return b1_scale * np.maximum(B1_CENTRE - (B1_CENTRE - B1_SURFACE) * r2, B1_FLOOR)
+
+    return b1
+
+
+def _world_grid(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
+    ijk = np.stack(np.meshgrid(*(np.arange(n) for n in shape), indexing="ij"), axis=-1)
+    return nib.affines.apply_affine(affine, ijk)
+
+
+def make_digital_brain(
+    resolution: float = 2.0,
+    snr: float = 30.0,
+    seed: int = 0,
+    timing: SequenceTiming | None = None,
+    b1_scale: float = 1.0,
+    *,
+    anatomy_seed: int | None = None,
+    margin_mm: float = 12.0,
+) -> DigitalBrain:
+    """Simulate a 3D-QALAS acquisition of the digital brain (see the module docstring).
+
+    Parameters
+    ----------
+    resolution : isotropic voxel size in mm (0.8-4; 1 and 2 are the usual choices)
+    snr : SNR as defined in the module docstring (> 0; ``inf`` gives no noise)
+    seed : seed of the noise (and of the spatial variation unless ``anatomy_seed`` is given)
+    timing : sequence timing (default: Siemens preset)
+    b1_scale : global factor applied to the B1 field
+    anatomy_seed : seed of the smooth parameter variation (default ``seed``); keep it fixed
+        to get repeated scans of the same "subject" with independent noise
+    margin_mm : background margin around the brain bounding box (mm)
+    """
+    if not (0.5 <= float(resolution) <= 6.0):
+        raise QalasInputError(f"resolution must be between 0.5 and 6 mm, got {resolution!r}")
+    if not (snr > 0):
+        raise QalasInputError(f"snr must be > 0, got {snr!r}")
+    if not (0.5 <= b1_scale <= 1.5):
+        raise QalasInputError(f"b1_scale must be in [0.5, 1.5], got {b1_scale!r}")
+    timing = timing or SequenceTiming()
+    fractions, affine = _template_fractions(float(resolution), float(margin_mm))
+    fractions = {k: v.copy() for k, v in fractions.items()}
+    affine = affine.copy()
+    shape = fractions["WM"].shape
+    total = fractions["WM"] + fractions["GM"] + fractions["CSF"]
+    tissue = total > 0
+
+    anat_rng = np.random.default_rng(seed if anatomy_seed is None else anatomy_seed)
+    maps: dict[str, np.ndarray] = {}
+    weights = np.where(tissue, total, 1.0)
+    for name in ("t1", "t2", "pd", "ie"):
+        if name in ("t1", "t2"):  # fraction-weighted geometric mean
+            log_t = sum(fractions[t] * np.log(TISSUE_PARAMETERS[t][name]) for t in _TISSUES)
+            mixed = np.exp(log_t / weights)
+        else:  # IE: fraction-weighted mean; PD: fraction-weighted sum
+            mixed = sum(fractions[t] * TISSUE_PARAMETERS[t][name] for t in _TISSUES)
+            mixed = mixed / weights if name == "ie" else mixed
+        variation = 1.0 + SPATIAL_VARIATION * _smooth_field(shape, resolution, anat_rng)
+        maps[name] = np.where(tissue, mixed * variation, 0.0)
+    maps["ie"] = np.clip(maps["ie"], 0.5, 1.0)
+
+    labels = np.zeros(shape, dtype=np.int8)
+    stacked = np.stack([fractions[t] for t in ("CSF", "GM", "WM")], axis=-1)
+    brain_mask = total >= 0.5
+    labels[brain_mask] = (np.argmax(stacked[brain_mask], axis=-1) + 1).astype(np.int8)
+
+    world = _world_grid(shape, affine)
+    brain_world = world[brain_mask]
+    lo, hi = brain_world.min(0), brain_world.max(0)
+    b1_field = make_b1_field((lo + hi) / 2, (hi - lo) / 2, b1_scale)
+    b1 = b1_field(world)
+
+    noiseless = np.zeros(shape + (5,), dtype=np.float64)
+    with torch.no_grad():
+        sel = tissue
+        noiseless[sel] = qalas_magnitude(
+            torch.from_numpy(maps["t1"][sel]),
+            torch.from_numpy(maps["t2"][sel]), torch.from_numpy(maps["pd"][sel]),
+            torch.from_numpy(maps["ie"][sel]), torch.from_numpy(b1[sel]), timing,
+        ).numpy()
+    wm = fractions["WM"] > SNR_WM_FRACTION
+    sigma = float(noiseless[wm, 4].mean() / snr) if np.isfinite(snr) else 0.0
+    noise_rng = np.random.default_rng([seed, 1])
+    signals = add_rician_noise(noiseless, sigma, noise_rng) if sigma > 0 else noiseless.copy()
+
+    # T1/T2/IE have no meaning in the background; keep them 0 there (PD is 0 too).
+    return DigitalBrain(
+        t1=maps["t1"], t2=maps["t2"], pd=maps["pd"], ie=maps["ie"], b1=b1,
+        tissue_fractions=fractions, labels=labels, brain_mask=brain_mask, affine=affine,
+        timing=timing, noiseless=noiseless, signals=signals, sigma=sigma, snr=float(snr),
+        seed=int(seed), b1_scale=float(b1_scale), b1_field=b1_field,
+    )
+
+
+def simulate_tissue_voxels(
+    n_per_tissue: int,
+    snr: float,
+    seed: int = 0,
+    timing: SequenceTiming | None = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """Small voxel sample set for unit tests (no image, no anatomy).
+
+    ``n_per_tissue`` voxels of each of WM, GM and CSF, every parameter jittered by a
+    uniform ±5 %, B1 uniform in [0.8, 1.15], Rician noise with ``sigma`` = mean noiseless
+    WM contrast-5 magnitude / ``snr`` (the same SNR definition as the digital brain).
+
+    Returns ``(magnitudes (N, 5) float64, truth {t1, t2, pd, ie, b1: (N,)}, labels (N,)
+    int8)`` with labels 1 CSF, 2 GM, 3 WM.
+    """
+    if int(n_per_tissue) < 1:
+        raise QalasInputError(f"n_per_tissue must be >= 1, got {n_per_tissue!r}")
+    if not (snr > 0):
+        raise QalasInputError(f"snr must be > 0, got {snr!r}")
+    timing = timing or SequenceTiming()
+    rng = np.random.default_rng(seed)
+    n = int(n_per_tissue)
+    truth: dict[str, list[np.ndarray]] = {k: [] for k in ("t1", "t2", "pd", "ie", "b1")}
+    labels = []
+    for name in _TISSUES:
+        for key, value in TISSUE_PARAMETERS[name].items():
+            truth[key].append(value * rng.uniform(0.95, 1.05, n))
+        truth["b1"].append(rng.uniform(0.8, 1.15, n))
+        labels.append(np.full(n, TISSUE_LABELS[name], dtype=np.int8))
+    out = {k: np.concatenate(v) for k, v in truth.items()}
+    out["ie"] = np.clip(out["ie"], 0.5, 1.0)
+    with torch.no_grad():
+        noiseless = qalas_magnitude(*(torch.from_numpy(out[k]) for k in ("t1", "t2", "pd", "ie", "b1")),
+                                    timing).numpy()
+    label_arr = np.concatenate(labels)
+    sigma = float(noiseless[label_arr == TISSUE_LABELS["WM"], 4].mean() / snr) if np.isfinite(snr) else 0.0
+    magnitudes = add_rician_noise(noiseless, sigma, rng) if sigma > 0 else noiseless
+    return magnitudes, out, label_arr

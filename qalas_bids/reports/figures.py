@@ -1,0 +1,156 @@
+"""Report figures (PNG, 100 dpi): map mosaics, overlays, histograms, loss curve.
+
+Mosaics and plots use matplotlib's object API (no pyplot state, any backend); the overlays
+that must respect two different grids (B1 before/after resampling, mask outline) use
+nilearn, which places images by their affines (world coordinates).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import nibabel as nib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+DPI = 100
+#: (colour map, lower, upper) per map; None = 1st/99th percentile inside the mask.
+MAP_DISPLAY = {
+    "T1map": ("magma", 0.0, 4.5),
+    "T2map": ("viridis", 0.0, 0.3),
+    "PDmap": ("gray", 0.0, None),
+    "IEmap": ("cividis", 0.5, 1.0),
+}
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=DPI, facecolor="white")
+    return path
+
+
+def canonical_data(img: nib.Nifti1Image) -> np.ndarray:
+    """Voxel data reoriented to RAS+ (first 3D volume) for display."""
+    img = nib.as_closest_canonical(img)
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    return data[..., 0] if data.ndim == 4 else data
+
+
+def slice_indices(mask: np.ndarray, n: int = 6) -> list[int]:
+    """``n`` axial slices evenly spread over the mask's extent (whole volume if empty)."""
+    z = np.nonzero(mask.any(axis=(0, 1)))[0]
+    lo, hi = (z.min(), z.max()) if z.size else (0, mask.shape[2] - 1)
+    return sorted({int(round(v)) for v in np.linspace(lo + 0.15 * (hi - lo), hi - 0.1 * (hi - lo), n)})
+
+
+def mosaic(
+    path: str | Path,
+    rows: Sequence[tuple[str, np.ndarray, str, float, float, str]],
+    mask: np.ndarray,
+    n_slices: int = 6,
+) -> Path:
+    """Rows of axial slices (RAS data), one colour bar per row in physical units.
+
+    ``rows`` items: ``(title, data, cmap, vmin, vmax, units)``.
+    """
+    slices = slice_indices(mask, n_slices)
+    fig = Figure(figsize=(1.5 * len(slices) + 1.2, 1.7 * len(rows)))
+    grid = fig.add_gridspec(len(rows), len(slices) + 1, width_ratios=[1] * len(slices) + [0.08],
+                            wspace=0.02, hspace=0.15)
+    for r, (title, data, cmap, vmin, vmax, units) in enumerate(rows):
+        image = None
+        for c, z in enumerate(slices):
+            ax = fig.add_subplot(grid[r, c])
+            image = ax.imshow(data[:, :, z].T, origin="lower", cmap=cmap, vmin=vmin, vmax=vmax,
+                              interpolation="nearest")
+            ax.set_axis_off()
+            if c == 0:
+                ax.set_title(title, fontsize=8, loc="left")
+        bar = fig.colorbar(image, cax=fig.add_subplot(grid[r, -1]))
+        bar.set_label(units, fontsize=7)
+        bar.ax.tick_params(labelsize=6)
+    return _save(fig, Path(path))
+
+
+def display_range(name: str, data: np.ndarray, mask: np.ndarray) -> tuple[str, float, float]:
+    """Colour map and limits of a map (fixed physical ranges, PD from its percentiles)."""
+    cmap, lo, hi = MAP_DISPLAY.get(name, ("gray", None, None))
+    values = data[mask & np.isfinite(data)]
+    if lo is None:
+        lo = float(np.percentile(values, 1)) if values.size else 0.0
+    if hi is None:
+        hi = float(np.percentile(values, 99)) if values.size else 1.0
+    return cmap, lo, max(hi, lo + 1e-6)
+
+
+def b1_registration(path: str | Path, background: nib.Nifti1Image, b1_qalas: nib.Nifti1Image,
+                    b1_raw: nib.Nifti1Image | None = None) -> Path:
+    """B1 over the QALAS image, before (raw grid) and after resampling, placed by affines."""
+    from nilearn import plotting
+
+    panels = ([("B1 (raw grid, before resampling)", b1_raw)] if b1_raw is not None else []) + [
+        ("B1 resampled to QALAS (relative)", b1_qalas)]
+    fig = Figure(figsize=(9, 2.6 * len(panels)))
+    FigureCanvasAgg(fig)
+    for i, (title, img) in enumerate(panels):
+        ax = fig.add_subplot(len(panels), 1, i + 1)
+        display = plotting.plot_anat(background, axes=ax, display_mode="ortho", title=title,
+                                     annotate=False, draw_cross=False, dim=-0.5)
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        finite = data[np.isfinite(data) & (data > 0)]
+        lo, hi = ((0.65, 1.35) if img is b1_qalas else
+                  (float(np.percentile(finite, 2)), float(np.percentile(finite, 98))) if finite.size else (0, 1))
+        display.add_overlay(img, cmap="coolwarm", vmin=lo, vmax=hi, alpha=0.45, colorbar=True)
+        display.add_contours(img, levels=[float(np.mean([lo, hi]))], colors="k", linewidths=0.6)
+    return _save(fig, Path(path))
+
+
+def mask_outline(path: str | Path, background: nib.Nifti1Image, mask: nib.Nifti1Image) -> Path:
+    """Brain/head mask outline (red) over the QALAS image."""
+    from nilearn import plotting
+
+    fig = Figure(figsize=(9, 2.6))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    display = plotting.plot_anat(background, axes=ax, display_mode="z", cut_coords=6, annotate=False,
+                                 draw_cross=False, dim=-0.5)
+    display.add_contours(mask, levels=[0.5], colors="r", linewidths=0.8)
+    return _save(fig, Path(path))
+
+
+def tissue_histograms(path: str | Path, maps: dict[str, np.ndarray], labels: np.ndarray,
+                      tissue_labels: dict[str, int]) -> Path:
+    """Histograms of T1 and T2 (s) per tissue class."""
+    colours = {"WM": "tab:blue", "GM": "tab:orange", "CSF": "tab:green"}
+    keys = [k for k in ("T1map", "T2map") if k in maps]
+    fig = Figure(figsize=(4.2 * len(keys), 2.8))
+    for i, key in enumerate(keys):
+        ax = fig.add_subplot(1, len(keys), i + 1)
+        hi = 5.0 if key == "T1map" else 0.5
+        for tissue, value in tissue_labels.items():
+            vals = maps[key][labels == value]
+            if vals.size:
+                ax.hist(np.clip(vals, 0, hi), bins=80, range=(0, hi), histtype="step",
+                        color=colours.get(tissue), label=f"{tissue} (n={vals.size})", density=True)
+        ax.set_xlabel(f"{key[:2]} (s)")
+        ax.set_yticks([])
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, Path(path))
+
+
+def loss_curve(path: str | Path, loss_history: Sequence[float]) -> Path:
+    """Training loss per epoch (log scale)."""
+    fig = Figure(figsize=(5, 2.6))
+    ax = fig.add_subplot(1, 1, 1)
+    loss = np.asarray(loss_history, dtype=float)
+    ax.plot(np.arange(1, loss.size + 1), loss, lw=1.2)
+    if (loss > 0).all():
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, Path(path))

@@ -1,0 +1,249 @@
+"""Participant QC report: ``<out>/sub-<l>.html`` with PNG figures in ``<out>/sub-<l>/figures/``.
+
+Everything is read back from the derivatives on disk (so ``--reports-only`` works). The HTML
+is self-contained apart from the figures, which are files referenced by relative paths
+(``sub-<l>/figures/...``, like fMRIPrep). Missing pieces (no B1, no synthetic images, no
+loss history, ...) produce a sentence saying so, never an error.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import logging
+from importlib import resources
+from pathlib import Path
+from string import Template
+from typing import Any, Sequence
+
+import nibabel as nib
+import numpy as np
+
+from .. import __version__
+from ..bids.derivatives import atomic_write_text, derivative_path
+from ..qalas.errors import QalasInputError
+from ..qalas.tissue import LABELS
+from . import figures
+from .collect import MAP_SUFFIXES, RunDerivatives, find_runs, read_sidecar
+from .summaries import MAP_UNITS, TISSUES, LoadedRun, load_run, tissue_table
+
+LOGGER = logging.getLogger("qalas_bids.reports")
+
+
+def render_page(title: str, nav: Sequence[tuple[str, str]], body: str) -> str:
+    """Fill the shared HTML template (``qalas_bids/data/reports/report.html``)."""
+    template = Template(resources.files("qalas_bids").joinpath("data/reports/report.html").read_text("utf-8"))
+    return template.substitute(
+        title=html.escape(title), version=__version__, date=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        nav=" ".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t in nav), body=body)
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def _img(out_dir: Path, path: Path, alt: str) -> str:
+    return f'<img src="{_e(path.relative_to(out_dir).as_posix())}" alt="{_e(alt)}" loading="lazy">'
+
+
+def _figure_path(out_dir: Path, run: RunDerivatives, desc: str, suffix: str) -> Path:
+    return out_dir / derivative_path(run.entities, suffix, desc=desc, datatype="figures", extension=".png")
+
+
+def _background(loaded: LoadedRun, bids_dir: Path | None) -> nib.Nifti1Image:
+    """Last QALAS contrast from the raw data (via ``Sources``) when reachable, else the PD map."""
+    if bids_dir is not None:
+        sources = [str(u).split(":", 2)[-1] for u in loaded.run.sidecar.get("Sources", []) or []]
+        candidates = sorted(bids_dir / r for r in sources if "QALAS" in r and (bids_dir / r).is_file())
+        if candidates:
+            img = nib.load(str(candidates[-1]))
+            if img.ndim == 4:
+                img = nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32)[..., -1], img.affine)
+            return img
+    pd = loaded.maps.get("PDmap", loaded.maps["T1map"])
+    return nib.Nifti1Image(pd.astype(np.float32), loaded.reference.affine)
+
+
+def _raw_b1(run: RunDerivatives, bids_dir: Path | None) -> nib.Nifti1Image | None:
+    if bids_dir is None or run.b1 is None:
+        return None
+    for uri in read_sidecar(run.b1).get("Sources", []) or []:
+        rel = str(uri).split(":", 2)[-1]
+        if ("famp" in rel or "TB1map" in rel) and (bids_dir / rel).is_file():
+            return nib.load(str(bids_dir / rel))
+    return None
+
+
+def _tissue_html(loaded: LoadedRun) -> str:
+    table = tissue_table(loaded)
+    head = "".join(f"<th>{k[:-3]} median [IQR] ({MAP_UNITS[k]})</th>" for k in MAP_SUFFIXES if k in loaded.maps)
+    rows = []
+    for tissue in TISSUES:
+        cells = []
+        for k in MAP_SUFFIXES:
+            if k in loaded.maps:
+                st = table[tissue][k]
+                cells.append(f"<td>{st['median']:.3f} [{st['iqr']:.3f}]</td>" if st["n"] else "<td>n/a</td>")
+        n = table[tissue]["T1map"]["n"]
+        rows.append(f"<tr><th class='l'>{tissue}</th><td>{n}</td>{''.join(cells)}</tr>")
+    return (f"<table><tr><th class='l'>tissue</th><th>voxels</th>{head}</tr>{''.join(rows)}</table>"
+            f"<p class='note'>{_e(loaded.tissue_source)}</p>")
+
+
+def _kv_table(data: dict[str, Any]) -> str:
+    rows = "".join(f"<tr><th class='l'>{_e(k)}</th><td class='l'>{_e(v)}</td></tr>" for k, v in data.items())
+    return f"<table>{rows}</table>"
+
+
+def _run_section(out_dir: Path, loaded: LoadedRun, bids_dir: Path | None, extra_warnings: Sequence[str]) -> str:
+    run, side = loaded.run, loaded.run.sidecar
+    ras = lambda a: figures.canonical_data(nib.Nifti1Image(a.astype(np.float32), loaded.reference.affine))  # noqa: E731
+    mask_ras = ras(loaded.mask.astype(np.float32)) > 0
+    parts = [f"<h2 id='{_e(run.label)}'>{_e(run.label)}</h2>"]
+
+    # Summary + warnings
+    info = side.get("FitInfo", {}) or {}
+    summary = {"Fit mode": side.get("FitMode", "n/a"), "Algorithm": side.get("EstimationAlgorithm", "n/a"),
+               "Device": info.get("Device", "n/a"), "Wall time (s)": info.get("WallTimeSeconds", "n/a"),
+               "Epochs": info.get("Epochs", "n/a"), "Noise sigma": info.get("NoiseSigma", "n/a"),
+               "Noise sigma method": info.get("NoiseSigmaMethod", "n/a"),
+               "B1 source": side.get("B1Source") or ("none (B1 = 1 assumed)" if run.b1 is None else run.b1.name),
+               "Software version": side.get("SoftwareVersion", "n/a")}
+    if info.get("Model"):
+        summary["Model"] = json.dumps(info["Model"])
+    parts.append("<h3>Summary</h3>" + _kv_table(summary))
+    warns = list(side.get("Warnings", []) or []) + list(extra_warnings)
+    parts.append("<h3>Warnings</h3>" + ("".join(f"<div class='warn'>{_e(w)}</div>" for w in warns)
+                                        if warns else "<p class='note'>No warnings were raised.</p>"))
+
+    # Maps
+    rows = []
+    for k in MAP_SUFFIXES:
+        if k in loaded.maps:
+            data = ras(loaded.maps[k])
+            cmap, lo, hi = figures.display_range(k, data, mask_ras)
+            rows.append((k[:-3], data, cmap, lo, hi, MAP_UNITS[k]))
+    fig = figures.mosaic(_figure_path(out_dir, run, "maps", "T1map"), rows, mask_ras)
+    parts.append("<h3 id='maps-" + _e(run.label) + "'>Quantitative maps</h3>" + _img(out_dir, fig, "T1, T2, PD, IE maps"))
+
+    # Mask and B1
+    background = _background(loaded, bids_dir)
+    if run.mask is not None:
+        fig = figures.mask_outline(_figure_path(out_dir, run, "brainmask", "mask"), background, nib.load(str(run.mask)))
+        parts.append("<h3>Mask</h3>" + _img(out_dir, fig, "mask outline"))
+    else:
+        parts.append("<h3>Mask</h3><p class='note'>No brain mask was found in the derivatives.</p>")
+    if run.b1 is not None:
+        raw = _raw_b1(run, bids_dir)
+        fig = figures.b1_registration(_figure_path(out_dir, run, "b1reg", "TB1map"), background,
+                                      nib.load(str(run.b1)), raw)
+        note = "" if raw is not None else ("<p class='note'>Raw B1 map not reachable (pass the BIDS directory) "
+                                           "- only the resampled map is shown.</p>")
+        parts.append("<h3>B1+ map (registration check)</h3>" + _img(out_dir, fig, "B1 over QALAS") + note)
+    else:
+        parts.append("<h3>B1+ map</h3><div class='warn'>No B1+ map was used: the fit assumed B1 = 1; "
+                     "T2 and IE are biased where the transmit field is not nominal.</div>")
+
+    # Uncertainty
+    rows = []
+    if loaded.residual is not None:
+        data = ras(loaded.residual)
+        rows.append(("relative residual", data, "inferno", 0.0, max(float(np.percentile(data[mask_ras], 99)), 1e-6), "1"))
+    for k in MAP_SUFFIXES:
+        if k in loaded.crlb:
+            data = ras(loaded.crlb[k])
+            hi = float(np.percentile(data[mask_ras], 95)) if mask_ras.any() else 1.0
+            rows.append((f"CRLB {k[:-3]}", data, "inferno", 0.0, max(hi, 1e-9), MAP_UNITS[k]))
+    if rows:
+        fig = figures.mosaic(_figure_path(out_dir, run, "uncertainty", "T1map"), rows, mask_ras)
+        parts.append("<h3>Residual and uncertainty (CRLB standard deviation)</h3>" + _img(out_dir, fig, "residual and CRLB"))
+    else:
+        parts.append("<h3>Residual and uncertainty</h3><p class='note'>No residual or CRLB maps were written.</p>")
+
+    # Tissues
+    fig = figures.tissue_histograms(_figure_path(out_dir, run, "histograms", "T1map"), loaded.maps,
+                                    loaded.labels, LABELS)
+    parts.append("<h3>Tissue values</h3>" + _tissue_html(loaded) + _img(out_dir, fig, "T1/T2 histograms"))
+
+    # Synthetic contrasts
+    if run.synthetic:
+        rows, captions = [], []
+        for name, path in run.synthetic.items():
+            data = figures.canonical_data(nib.load(str(path)))
+            meta = read_sidecar(path)
+            signed = name == "PSIR"
+            hi = float(np.percentile(np.abs(data[mask_ras]), 99)) if mask_ras.any() else 1.0
+            rows.append((name, data, "gray", -hi if signed else 0.0, max(hi, 1e-6), "a.u."))
+            captions.append({"contrast": name, "TR (s)": meta.get("RepetitionTime"), "TE (s)": meta.get("EchoTime"),
+                             "TI (s)": meta.get("InversionTime", "-"), "equation": meta.get("Equation", "n/a")})
+        fig = figures.mosaic(_figure_path(out_dir, run, "synthetic", "T1w"), rows, mask_ras, n_slices=5)
+        head = "".join(f"<th class='l'>{_e(k)}</th>" for k in captions[0])
+        body = "".join("<tr>" + "".join(f"<td class='l'>{_e(v)}</td>" for v in c.values()) + "</tr>" for c in captions)
+        parts.append("<h3>Synthetic contrasts</h3>" + _img(out_dir, fig, "synthetic contrasts")
+                     + f"<table><tr>{head}</tr>{body}</table>")
+    else:
+        parts.append("<h3>Synthetic contrasts</h3><p class='note'>No synthetic images were written for this run.</p>")
+
+    # Fit log and timing
+    loss = info.get("LossHistory") or []
+    if len(loss) > 1:
+        fig = figures.loss_curve(_figure_path(out_dir, run, "fitlog", "T1map"), loss)
+        parts.append("<h3>Fit log</h3>" + _img(out_dir, fig, "training loss"))
+    else:
+        parts.append("<h3>Fit log</h3><p class='note'>No loss history (e.g. dictionary matching or pretrained "
+                     "weights applied without training).</p>")
+    timing = side.get("SequenceTiming") or {}
+    sources = side.get("TimingSources") or {}
+    if timing:
+        rows = "".join(f"<tr><th class='l'>{_e(k)}</th><td>{_e(v)}</td><td class='l'>{_e(sources.get(k, ''))}</td></tr>"
+                       for k, v in timing.items())
+        parts.append(f"<h3>Sequence timing (s; flip angle in degrees)</h3><table><tr><th class='l'>parameter</th>"
+                     f"<th>value</th><th class='l'>source</th></tr>{rows}</table>")
+    else:
+        parts.append("<h3>Sequence timing</h3><p class='note'>The T1map sidecar records no timing.</p>")
+    return "\n".join(parts)
+
+
+def _methods_html(out_dir: Path) -> str:
+    citation = out_dir / "logs" / "CITATION.html"
+    if citation.is_file():
+        text = citation.read_text("utf-8")
+        start, end = text.find("<body>"), text.rfind("</body>")
+        return text[start + 6:end] if start >= 0 and end > start else text
+    from .boilerplate import markdown_to_html, render_markdown, runs_from_derivatives
+
+    return markdown_to_html(render_markdown({}, runs_from_derivatives(out_dir))[0])
+
+
+def _crash_files(out_dir: Path, subject: str) -> str:
+    crashes = sorted((out_dir / f"sub-{subject}" / "log").glob("*/crash*.txt"))
+    if not crashes:
+        return "<p class='note'>No crash files.</p>"
+    return "".join(f"<h4>{_e(c.name)}</h4><pre>{_e(c.read_text(errors='replace')[-5000:])}</pre>" for c in crashes)
+
+
+def make_participant_report(output_dir: str | Path, subject_label: str, *, bids_dir: str | Path | None = None,
+                            derivatives_dir: str | Path | None = None,
+                            warnings: Sequence[str] = ()) -> Path:
+    """Write ``<output_dir>/sub-<label>.html`` (+ figures) from the derivatives on disk.
+
+    ``bids_dir`` (optional) lets the report show the raw QALAS image and raw B1 map;
+    ``warnings`` are extra messages (e.g. from the workflow log) listed with the sidecar ones.
+    """
+    out_dir = Path(output_dir).absolute()
+    subject = subject_label.removeprefix("sub-")
+    bids_dir = Path(bids_dir).absolute() if bids_dir else None
+    runs = find_runs(out_dir, subject)
+    if not runs:
+        raise QalasInputError(f"no T1 map of sub-{subject} in {out_dir}: nothing to report "
+                              "(did the participant level finish?).")
+    sections, nav = [], []
+    for run in runs:
+        loaded = load_run(run, derivatives_dir)
+        sections.append(_run_section(out_dir, loaded, bids_dir, warnings))
+        nav.append((run.label, run.label))
+    sections.append("<h2 id='methods'>Methods</h2>" + _methods_html(out_dir))
+    sections.append("<h2 id='errors'>Errors</h2>" + _crash_files(out_dir, subject))
+    nav += [("methods", "Methods"), ("errors", "Errors")]
+    page = render_page(f"qalas-bids report: sub-{subject}", nav, "\n".join(sections))
+    return atomic_write_text(out_dir / f"sub-{subject}.html", page)

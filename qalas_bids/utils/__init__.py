@@ -1,0 +1,1 @@
+"""Plain helpers of the app layer (no nipype imports)."""
