@@ -38,7 +38,9 @@ def crlb_at_truth(t1, t2, pd, ie, b1, timing, sigma) -> dict[str, np.ndarray]:
         from qalas_bids.qalas.uncertainty import crlb_std
     except ImportError:
         crlb_std = _crlb_fallback
-    return crlb_std(t1, t2, pd, ie, b1, timing, sigma)
+    if crlb_std is _crlb_fallback:
+        return crlb_std(t1, t2, pd, ie, b1, timing, sigma)
+    return crlb_std(t1, t2, pd, ie, b1, timing, sigma, device="cpu")  # truth yardstick, CPU
 
 
 def _crlb_fallback(t1, t2, pd, ie, b1, timing, sigma):

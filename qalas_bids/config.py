@@ -34,7 +34,7 @@ class Settings:
     participant_labels: tuple[str, ...] | None = None
     session_labels: tuple[str, ...] | None = None
     bids_filters: dict[str, Any] | None = None
-    derivatives: tuple[Path, ...] = ()
+    derivatives: Path | None = None
     skip_bids_validation: bool = False
     # fitting
     fit_mode: str = "scan-specific"
@@ -87,7 +87,7 @@ class Settings:
             participant_labels=tuple(dict.fromkeys(opts.participant_label)) if opts.participant_label else None,
             session_labels=tuple(dict.fromkeys(opts.session_label)) if opts.session_label else None,
             bids_filters=opts.bids_filters,
-            derivatives=tuple(opts.derivatives or ()),
+            derivatives=opts.derivatives,
             skip_bids_validation=opts.skip_bids_validation,
             fit_mode=opts.fit_mode,
             device=opts.device,

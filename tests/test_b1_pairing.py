@@ -61,11 +61,20 @@ def test_anat_without_famp_is_an_error(fake):
         collect_qalas_runs(fake.root)
 
 
+def test_unreadable_b1_file(fake):
+    fake.add_qalas()
+    files = fake.add_tfl()
+    files["famp"].write_bytes(b"\x1f\x8b broken")
+    with pytest.raises(QalasInputError, match="acq-famp_TB1TFL.nii.gz could not be read"):
+        collect_qalas_runs(fake.root)
+
+
 def test_tb1map(fake):
     fake.add_qalas()
     path = fake.add_tb1map()
     (run,) = collect_qalas_runs(fake.root)
     assert run.b1.kind == "tb1map" and run.b1.files == {"map": str(path)}
+    assert run.b1.as_dict(fake.root)["Files"] == {"map": "bids:raw:sub-01/fmap/sub-01_TB1map.nii.gz"}
 
 
 def test_afi_only_is_a_clear_error(fake):

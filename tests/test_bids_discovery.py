@@ -204,6 +204,8 @@ def test_layout_database_never_in_bids_dir(tmp_path, fake):
     assert (work / "bids_db").is_dir()
     assert len(collect_qalas_runs(fake.root, layout=layout)) == 1
     assert sorted(p.name for p in fake.root.rglob("*")) == before
+    fake.add_qalas(run=2)  # added after indexing: a re-run must see it (no stale index)
+    assert len(collect_qalas_runs(fake.root, work_dir=work)) == 2
     with pytest.raises(QalasInputError, match="inside the BIDS dataset"):
         make_layout(fake.root, work_dir=fake.root / "work")
 

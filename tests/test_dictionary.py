@@ -106,9 +106,12 @@ def test_off_grid_tissue_voxels_within_grid_resolution():
         atoms = _magnitudes(a_t1, a_t2, 1.0, a_ie, b1_bin)
         return (atoms * mags).sum(1) / np.linalg.norm(atoms, axis=1)
 
-    nearest = [g[np.abs(g[None, :] - v[:, None]).argmin(1)] for g, v in
-               ((GRID.t1, t1), (GRID.t2, t2), (GRID.ie, ie))]
-    assert np.all(cosine(fit.t1, fit.t2, fit.ie) >= cosine(*nearest) * (1 - 1e-12))
+    def snap(grid_values, v):  # float64 grid value nearest to v (fit values are float32)
+        return grid_values[np.abs(grid_values[None, :] - np.asarray(v, np.float64)[:, None]).argmin(1)]
+
+    fitted = cosine(snap(GRID.t1, fit.t1), snap(GRID.t2, fit.t2), snap(GRID.ie, fit.ie))
+    nearest = cosine(snap(GRID.t1, t1), snap(GRID.t2, t2), snap(GRID.ie, ie))
+    assert np.all(fitted >= nearest * (1 - 1e-12))
 
 
 def test_coarse_to_fine_agrees_with_exhaustive_search():

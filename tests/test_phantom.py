@@ -31,10 +31,11 @@ def test_pure_tissue_values_match_literature(brain, tissue):
     mask = brain.tissue_mask(tissue, min_fraction=0.95)
     assert mask.sum() > 500
     ref = TISSUE_PARAMETERS[tissue]
-    # 3 % smooth spatial variation and up to 5 % partial volume: medians within 4 %.
+    # 3 % smooth spatial variation and up to 5 % partial volume (5 % CSF raises a GM
+    # voxel's T2 by up to 16 %, see the mixing rule): medians within 8 %.
     for key in ("t1", "t2", "pd", "ie"):
         median = np.median(getattr(brain, key)[mask])
-        assert median == pytest.approx(ref[key], rel=0.04), (tissue, key, median)
+        assert median == pytest.approx(ref[key], rel=0.08), (tissue, key, median)
     assert np.std(brain.t1[mask]) > 0.005 * ref["t1"]  # not piecewise constant
 
 
@@ -89,24 +90,28 @@ def test_b1_field_is_smooth_and_realistic(brain):
 
 
 def test_b1_scale_and_determinism(brain):
-    scaled = make_digital_brain(resolution=2.0, snr=30.0, seed=0, b1_scale=0.9)
-    np.testing.assert_allclose(scaled.b1, 0.9 * brain.b1)
     again = make_digital_brain(resolution=2.0, snr=30.0, seed=0)
     np.testing.assert_array_equal(again.signals, brain.signals)
     np.testing.assert_array_equal(again.t1, brain.t1)
-    other = make_digital_brain(resolution=2.0, snr=30.0, seed=1)
+    # New noise, same anatomy, scaled B1.
+    other = make_digital_brain(resolution=2.0, snr=30.0, seed=1, anatomy_seed=0, b1_scale=0.9)
+    np.testing.assert_array_equal(other.t1, brain.t1)
+    np.testing.assert_allclose(other.b1, 0.9 * brain.b1)
     assert not np.allclose(other.signals, brain.signals)
-    assert not np.allclose(other.t1, brain.t1)
-    same_anatomy = make_digital_brain(resolution=2.0, snr=30.0, seed=1, anatomy_seed=0)
-    np.testing.assert_array_equal(same_anatomy.t1, brain.t1)
-    assert not np.allclose(same_anatomy.signals, brain.signals)
 
 
-def test_timing_is_used(brain):
-    ge = make_digital_brain(resolution=2.0, snr=30.0, seed=0, timing=get_preset("ge"))
+def test_anatomy_seed_and_timing_are_used(brain):
+    ge = make_digital_brain(resolution=2.0, snr=30.0, seed=0, timing=get_preset("ge"),
+                            anatomy_seed=7)
     assert ge.timing.vendor == "ge"
-    np.testing.assert_array_equal(ge.t1, brain.t1)
-    assert not np.allclose(ge.noiseless, brain.noiseless)
+    assert not np.allclose(ge.t1, brain.t1)  # other smooth variation
+    np.testing.assert_array_equal(ge.labels, brain.labels)
+    idx = tuple(np.argwhere(ge.brain_mask)[:: 5000].T)
+    maps = [torch.from_numpy(getattr(ge, k)[idx]) for k in ("t1", "t2", "pd", "ie", "b1")]
+    np.testing.assert_allclose(ge.noiseless[idx], qalas_magnitude(*maps, get_preset("ge")).numpy(),
+                               rtol=1e-12)
+    assert not np.allclose(ge.noiseless[idx],
+                           qalas_magnitude(*maps, get_preset("siemens")).numpy(), rtol=1e-3)
 
 
 @pytest.mark.parametrize("kwargs", [dict(snr=0), dict(snr=-3), dict(resolution=0.1),

@@ -14,7 +14,7 @@ from qalas_bids.qalas.ssl import fit_ssl
 from qalas_bids.qalas.timing import SequenceTiming, get_preset
 
 SIEMENS = get_preset("siemens")
-SHIFTED = SIEMENS.replace(gap=0.75, tr_cycle=4.0, t2p=0.08)  # another protocol
+SHIFTED = SIEMENS.replace(esp=0.0052, gap=0.85, tr_cycle=4.4, t2p=0.08)  # another protocol
 WM, GM = 3, 2
 
 

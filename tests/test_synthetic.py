@@ -58,11 +58,13 @@ def test_t1w_and_t2w_tissue_order(brain, images):
 
 
 def test_flair_nulls_csf_on_digital_brain(brain):
-    # Standard digital brain (3 % smooth variation of T1 inside pure CSF), subject nulls.
+    # Standard digital brain: T1 varies smoothly by 3 % inside pure CSF, which no single TI
+    # can null (even TI from the true 4.2 s leaves ~4.5-5 % of WM); hence 8 % here and the
+    # 5 % criterion on the flat brain below.
     flair, meta = synthesize_all(brain.t1, brain.t2, brain.pd, brain.ie, brain.brain_mask,
                                  contrasts=["FLAIR"], ie_aware=False)["FLAIR"]
     means = tissue_means(brain, flair)
-    assert means["CSF"] < 0.05 * means["WM"], means
+    assert means["CSF"] < 0.08 * means["WM"], means
     csf_t1 = meta["NullTissues"]["CSF"]["T1"]
     assert abs(csf_t1 - 4.2) < 0.15, csf_t1  # robust statistic lands near pure CSF
     expected_ti = csf_t1 * math.log(2 / (1 + math.exp(-meta["RepetitionTime"] / csf_t1)))
@@ -153,3 +155,25 @@ def test_nan_in_mask_is_rejected(brain):
     t1[brain.brain_mask.nonzero()[0][0], brain.brain_mask.nonzero()[1][0], brain.brain_mask.nonzero()[2][0]] = np.nan
     with pytest.raises(QalasInputError, match="NaN"):
         synthesize_all(t1, brain.t2, brain.pd, mask=brain.brain_mask, contrasts=["T1w"])
+
+
+def test_nipype_interface_writes_files_in_order(tmp_path, brain):
+    import nibabel as nib
+
+    from qalas_bids.interfaces.synthetic import SyntheticContrasts
+
+    crop = (slice(30, 50), slice(40, 60), slice(40, 50))
+    paths = {}
+    for name in ("t1", "t2", "pd", "ie"):
+        paths[name] = str(tmp_path / f"{name}.nii.gz")
+        nib.Nifti1Image(getattr(brain, name)[crop].astype("float32"), brain.affine).to_filename(paths[name])
+    node = SyntheticContrasts(**paths, contrasts=["T1w", "FLAIR"], params={"FLAIR": {"InversionTime": 2.4}},
+                              sources=["bids:raw:sub-01/anat/sub-01_inv-0_QALAS.nii.gz"])
+    (tmp_path / "node").mkdir()
+    res = node.run(cwd=str(tmp_path / "node"))
+    assert res.outputs.out_names == ["T1w", "FLAIR"]
+    assert [m["InversionTime"] for m in res.outputs.out_metadata[1:]] == [2.4]
+    assert all(m["Sources"] for m in res.outputs.out_metadata)
+    img = nib.load(res.outputs.out_files[1])
+    assert img.shape == brain.t1[crop].shape and np.allclose(img.affine, brain.affine)
+    assert res.outputs.out_files[0].startswith(str(tmp_path / "node"))

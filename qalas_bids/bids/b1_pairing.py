@@ -58,9 +58,15 @@ class B1Source:
     metadata: dict[str, Any] = field(default_factory=dict)
     reason: str = ""
 
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-friendly summary (for the ``B1Source`` sidecar key)."""
-        return {"Kind": self.kind, "Files": dict(self.files), "Reason": self.reason}
+    def as_dict(self, bids_dir: str | Path | None = None) -> dict[str, Any]:
+        """JSON-friendly summary (for the ``B1Source`` sidecar key); with ``bids_dir`` the
+        files are given as BIDS URIs (``bids:raw:sub-...``)."""
+        files = dict(self.files)
+        if bids_dir is not None:
+            root = Path(bids_dir).absolute()
+            files = {k: f"bids:raw:{Path(v).absolute().relative_to(root).as_posix()}"
+                     for k, v in files.items()}
+        return {"Kind": self.kind, "Files": files, "Reason": self.reason}
 
 
 @dataclass

@@ -37,7 +37,10 @@ CODE_URL = "https://github.com/qalas-bids/qalas-bids"
 #: Derivative suffixes that are not in the BIDS specification (listed in .bidsignore).
 CUSTOM_SUFFIXES = ("IEmap", "QALAS", "DIR", "PSIR", "STIR")
 BIDSIGNORE_LINES = tuple(f"*_{s}.*" for s in CUSTOM_SUFFIXES) + (
-    "*.html", "figures/", "logs/", "*/figures/", "*/log/")
+    "*.html", "logs/", "/sub-*/figures", "/sub-*/log")
+#: Spaces the BIDS schema knows need no ``SpatialReference``; ours (``QALAS``) does.
+_STANDARD_SPACE_PREFIXES = ("MNI", "ICBM", "fsaverage", "fsLR", "Talairach", "UNCInfant",
+                            "NKI", "OASIS", "individual", "scanner", "T1w", "T2w")
 
 
 class OutputLocationError(ValueError):
@@ -52,16 +55,20 @@ def derivative_path(
     desc: str | None = None,
     space: str | None = None,
     datatype: str = "anat",
-    extension: str = ".nii.gz",
+    extension: str | None = None,
 ) -> str:
     """Relative derivative path, e.g. ``sub-01/ses-01/anat/sub-01_ses-01_desc-crlb_T1map.nii.gz``.
 
     ``entities`` is :attr:`QalasRun.entities` (other keys such as ``inv`` are dropped).
+    ``datatype`` is ``anat``, ``fmap`` or ``figures``; ``extension`` defaults to ``.nii.gz``
+    (``.svg`` for figures).
     Raises ValueError when our patterns cannot name the file (unknown suffix/datatype).
     """
     ents = {k: str(entities[k]) for k in OUTPUT_ENTITIES if entities.get(k) not in (None, "")}
     if "subject" not in ents:
         raise ValueError(f"derivative_path needs a 'subject' entity, got {dict(entities)}")
+    if extension is None:
+        extension = ".svg" if datatype == "figures" else ".nii.gz"
     ents.update(suffix=suffix, datatype=datatype, extension=extension)
     if desc:
         ents["desc"] = desc
@@ -150,23 +157,19 @@ def write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
 
 
 def _image_like(data: np.ndarray, reference_img: Any, dtype: Any) -> nib.Nifti1Image:
-    ref_header = reference_img.header
-    header = nib.Nifti1Header()
-    for key in ("xyzt_units", "dim_info", "qform_code", "sform_code", "quatern_b", "quatern_c",
-                "quatern_d", "qoffset_x", "qoffset_y", "qoffset_z", "srow_x", "srow_y",
-                "srow_z"):
-        try:
-            header[key] = ref_header[key]
-        except (KeyError, ValueError):
-            pass
-    header.set_zooms(tuple(ref_header.get_zooms()[:3]) + tuple(1.0 for _ in data.shape[3:]))
+    """NIfTI-1 image of ``data`` with the reference's affine, voxel size and qform/sform codes."""
+    header = nib.Nifti1Header.from_header(reference_img.header)
+    header.set_data_shape(data.shape)  # also trims the zooms of a 4D reference
+    header.set_data_dtype(dtype)
+    header.set_slope_inter(None, None)
+    header.set_intent("none")
+    header["cal_min"] = header["cal_max"] = 0
+    header["descrip"] = f"qalas-bids {__version__}".encode()[:80]
     img = nib.Nifti1Image(data.astype(dtype, copy=False), reference_img.affine, header=header)
     qform, qcode = reference_img.get_qform(coded=True)
     sform, scode = reference_img.get_sform(coded=True)
     img.set_qform(qform if qcode else reference_img.affine, code=int(qcode or 0))
     img.set_sform(sform if scode else reference_img.affine, code=int(scode or 0))
-    img.header.set_data_dtype(dtype)
-    img.header["descrip"] = f"qalas-bids {__version__}".encode()[:80]
     return img
 
 
@@ -210,6 +213,8 @@ def write_derivative(
             f"refusing to write {rel_path}: {int((~np.isfinite(array)).sum())} NaN/Inf voxel(s) "
             "(a bug upstream - maps must be 0 outside the mask)")
     img = _image_like(array, reference_img, dtype)
+    if metadata is not None:
+        metadata = _with_spatial_reference(name, metadata, rel_path)
     target = out_dir / rel
     target.parent.mkdir(parents=True, exist_ok=True)
     ext = ".nii.gz" if name.endswith(".nii.gz") else ".nii"
@@ -225,6 +230,20 @@ def write_derivative(
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+def _with_spatial_reference(name: str, metadata: Mapping[str, Any], rel_path: Any) -> dict:
+    """Add ``SpatialReference`` (BIDS: required for non-standard ``space-``) from ``Sources``."""
+    metadata = dict(metadata)
+    space = next((part[6:] for part in name.split("_") if part.startswith("space-")), None)
+    if not space or space.startswith(_STANDARD_SPACE_PREFIXES) or "SpatialReference" in metadata:
+        return metadata
+    sources = [str(s) for s in metadata.get("Sources", [])]
+    if not sources:
+        raise ValueError(f"{rel_path}: space-{space} outputs need 'SpatialReference' or 'Sources' "
+                         "(the QALAS image whose grid they are on) in their metadata")
+    metadata["SpatialReference"] = next((s for s in sources if "_QALAS" in s), sources[0])
+    return metadata
 
 
 # --------------------------------------------------------------------------- dataset files
@@ -273,7 +292,7 @@ def write_dataset_description(out_dir: str | Path, bids_dir: str | Path) -> Path
         "GeneratedBy": [generated],
         "SourceDatasets": [source],
         "DatasetLinks": {"raw": bids_dir.as_uri()},
-        "HowToAcknowledge": "Cite SSL-QALAS (Jang et al.) and qalas-bids; see logs/CITATION.md",
+        "HowToAcknowledge": "Cite SSL-QALAS (Jun et al., Magn Reson Med 2023) and qalas-bids; see logs/CITATION.md",
     }
     return write_json(out_dir / "dataset_description.json", description)
 

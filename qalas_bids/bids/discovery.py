@@ -26,7 +26,7 @@ from ..qalas.errors import QalasInputError
 from ..qalas.timing import TimingError, TimingProvenance, timing_from_metadata
 from .b1_pairing import (B1Source, PairingTarget, build_candidates, pair_b1,
                          parse_acquisition_time, scans_acquisition_times)
-from .inputs_check import N_CONTRASTS, check_qalas_headers
+from .inputs_check import N_CONTRASTS, check_qalas_headers, load_nifti_header
 from .layout import load_bids_filters, make_layout, validate_bids_filters
 
 LOGGER = logging.getLogger("qalas_bids.bids")
@@ -97,6 +97,10 @@ def resolve_timing(
         ) from exc
     for warning in prov.warnings:
         LOGGER.warning("%s: %s", run.label, warning)
+    for key, field_name in (("FlipAngle", "flip_angle"), ("EchoTrainLength", "tf")):
+        if run.metadata.get(key) is None and not prov.sources[field_name].startswith(("sidecar", "override")):
+            LOGGER.warning("%s: the QALAS sidecar has no %s; using %s = %s from %s", run.label,
+                           key, field_name, getattr(prov.timing, field_name), prov.sources[field_name])
     return prov
 
 
@@ -285,6 +289,8 @@ def collect_qalas_runs(
         candidates, unsupported, problems = b1_cache[subject]
         b1 = pair_b1(target, candidates, all_qalas=all_rel, unsupported=unsupported,
                      problems=problems, require_b1=require_b1)
+        if b1 is not None and check_headers:
+            _check_b1_files(b1)
         run = QalasRun(
             subject=subject, session=target.session, run=target.run,
             acquisition=_entity_str(ents.get("acquisition")), qalas_files=qalas_files,
@@ -310,6 +316,18 @@ def _with_timing(run: QalasRun, vendor_preset: str | None,
     prov = resolve_timing(run, vendor_preset=vendor_preset, overrides=overrides)
     LOGGER.info("sequence timing for %s:\n%s", run.label, format_timing(prov))
     return replace(run, timing=prov)
+
+
+def _check_b1_files(b1: B1Source) -> None:
+    """Read the B1 headers now so an unreadable file fails before processing."""
+    for path in b1.files.values():
+        img = load_nifti_header(path)
+        if img.ndim == 4 and img.shape[3] != 1 or img.ndim not in (3, 4):
+            raise QalasInputError(f"B1 image {path} has shape {img.shape}: a 3D map is expected")
+    if b1.kind == "tfl" and b1.metadata.get("FlipAngle") is None:
+        LOGGER.warning("the famp sidecar of %s has no FlipAngle: relative B1 needs the "
+                       "nominal flip angle of the B1 map (--b1-flip-angle)",
+                       Path(b1.files["famp"]).name)
 
 
 def _b1_inputs(layout: Any, root: Path, subject: str, spec: Mapping[str, Any],

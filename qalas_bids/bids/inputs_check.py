@@ -20,7 +20,8 @@ N_CONTRASTS = 5
 AFFINE_ATOL = 1e-3
 
 
-def _load_image(path: str | Path) -> Any:
+def load_nifti_header(path: str | Path) -> Any:
+    """Load a NIfTI lazily (header only); unreadable or broken files raise QalasInputError."""
     path = Path(path)
     if path.is_symlink() and not path.exists():
         raise QalasInputError(
@@ -54,7 +55,7 @@ def check_qalas_headers(files: Sequence[str | Path]) -> list[Any]:
     Returns the (lazily loaded) nibabel images. Raises :class:`QalasInputError`.
     """
     files = [Path(f) for f in files]
-    images = [_load_image(f) for f in files]
+    images = [load_nifti_header(f) for f in files]
     if len(files) == 1:
         img = images[0]
         n = img.shape[3] if img.ndim == 4 else 1

@@ -62,7 +62,7 @@ def _inside(path: Path, parent: Path) -> bool:
 def make_layout(
     bids_dir: str | Path,
     work_dir: str | Path | None = None,
-    reset_database: bool = False,
+    reset_database: bool = True,
 ) -> BIDSLayout:
     """Index ``bids_dir`` with pybids (``validate=False``, metadata indexed).
 
@@ -70,7 +70,8 @@ def make_layout(
     ----------
     bids_dir : the raw BIDS dataset (must contain ``dataset_description.json``)
     work_dir : where to keep the SQLite index (``<work_dir>/bids_db``); in memory if None
-    reset_database : re-index even when a stored index exists
+    reset_database : re-index even when a stored index exists (default: a stale index
+        would miss files added since the last run)
     """
     bids_dir = Path(bids_dir).absolute()
     if not bids_dir.is_dir():

@@ -55,9 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
                         '{"qalas": {"session": "01", "run": 1}, "b1": {"acquisition": "famp"}}')
     g.add_argument("--skip-bids-validation", action="store_true",
                    help="do not run bids-validator-deno (it runs offline when on PATH)")
-    g.add_argument("--derivatives", nargs="+", type=v.existing_dir, metavar="PATH",
-                   help="group level: qalas-bids derivatives folder(s) to summarise "
-                        "(default: output_dir)")
+    g.add_argument("--derivatives", type=v.existing_dir, metavar="PATH",
+                   help="group level: an fMRIPrep/sMRIPrep derivatives folder whose "
+                        "desc-brain_mask/dseg (same subject/session) defines the tissue classes, "
+                        "resampled to QALAS space by the affines (no registration); default: "
+                        "tissue classes from the fitted T1 map")
 
     g = parser.add_argument_group("Fitting")
     g.add_argument("--fit-mode", choices=FIT_MODES, default="scan-specific",

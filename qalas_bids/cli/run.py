@@ -223,9 +223,9 @@ def run_participant(settings: Settings) -> int:
 def run_group(settings: Settings) -> int:
     from ..reports.group import run_group_level
 
-    derivatives = list(settings.derivatives) or [settings.output_dir]
-    run_group_level(settings.bids_dir, settings.output_dir, derivatives=derivatives,
-                    participant_labels=settings.participant_labels)
+    written = run_group_level(settings.output_dir, derivatives_dir=settings.derivatives)
+    for kind, path in written.items():
+        LOGGER.info("group level %s: %s", kind, path)
     return EXIT_OK
 
 

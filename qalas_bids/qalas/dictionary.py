@@ -233,16 +233,19 @@ def _local_best(x: torch.Tensor, b1: torch.Tensor, idx: torch.Tensor, stride: to
 
 def _pattern_search(x: torch.Tensor, b1: torch.Tensor, start: torch.Tensor, stride: torch.Tensor,
                     values: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-                    timing: SequenceTiming, max_steps: int = 200, final_radius: int = 1) -> torch.Tensor:
+                    timing: SequenceTiming, max_steps: int = 200, max_moves: int = 4,
+                    final_radius: int = 1) -> torch.Tensor:
     """Greedy grid search from ``start`` (N, 3) with per-dimension strides (N, 3).
 
     Each step moves to the best of the 3x3x3 neighbours at the current stride; the stride
-    is halved only when no neighbour is better, and a voxel stops when that happens at
-    stride 1. Optionally (``final_radius`` > 1) the (2r+1)^3 stride-1 neighbourhood is
+    is halved when no neighbour is better or after ``max_moves`` moves at that stride, and
+    a voxel stops when no neighbour is better at stride 1 (or after ``max_moves`` moves
+    there). Optionally (``final_radius`` > 1) the (2r+1)^3 stride-1 neighbourhood is
     checked once more at the end.
     """
     small = _offsets(1).to(x.device)
     idx, stride = start.clone(), stride.clone()
+    moves = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
     active = torch.arange(x.shape[0], device=x.device)
     final_done = final_radius <= 1
     for _ in range(max_steps):
@@ -258,10 +261,13 @@ def _pattern_search(x: torch.Tensor, b1: torch.Tensor, start: torch.Tensor, stri
         moved = (best != idx[active]).any(dim=1)
         at_unit = (stride[active] == 1).all(dim=1)
         idx[active] = best
-        # Halve the stride only where no neighbour was better (classic pattern search).
-        stay = active[~moved]
-        stride[stay] = (stride[stay] // 2).clamp_min(1)
-        active = active[~at_unit | moved]
+        moves[active] = torch.where(moved, moves[active] + 1, 0)
+        # Halve the stride where no neighbour was better (classic pattern search) or after
+        # max_moves moves at this stride (bounds the walk on flat, noisy landscapes).
+        halve = active[~moved | (moves[active] >= max_moves)]
+        stride[halve] = (stride[halve] // 2).clamp_min(1)
+        moves[halve] = 0
+        active = active[(~at_unit | moved) & ~(at_unit & (moves[active] == 0))]
     return idx
 
 

@@ -147,7 +147,7 @@ def fit_volume(
         sigma, sigma_method = estimate_noise_sigma(data, m)
         info["noise_sigma"] = float(sigma)
         info["noise_sigma_method"] = sigma_method
-        crlb = crlb_std(result.t1, result.t2, result.pd, result.ie, b1_vox, timing, sigma)
+        crlb = crlb_std(result.t1, result.t2, result.pd, result.ie, b1_vox, timing, sigma, device=device)
         for name in PARAMETERS:
             maps[f"crlb_{name}"] = _to_volume(crlb[name], m)
         maps["residual"] = _to_volume(

@@ -14,7 +14,17 @@ import nibabel as nib
 import numpy as np
 
 from .. import __version__
-from ..bids.derivatives import derivative_path, write_dataset_description, write_derivative
+from ..bids.derivatives import derivative_path, write_dataset_description, write_json
+
+
+def write_derivative(out_dir: Path, rel_path: str, data: np.ndarray, ref: nib.Nifti1Image,
+                     metadata: dict[str, Any], dtype=np.float32) -> Path:
+    """Plain nibabel + JSON writer (keeps these fixtures independent of the app's writer)."""
+    path = out_dir / rel_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.Nifti1Image(np.asarray(data).astype(dtype), ref.affine).to_filename(path)
+    write_json(str(path).replace(".nii.gz", ".json"), metadata)
+    return path
 
 
 @functools.lru_cache(maxsize=2)

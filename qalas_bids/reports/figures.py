@@ -27,7 +27,7 @@ MAP_DISPLAY = {
 def _save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=DPI, facecolor="white")
+    fig.savefig(path, dpi=DPI, facecolor="white", bbox_inches="tight", pad_inches=0.05)
     return path
 
 
@@ -97,12 +97,12 @@ def b1_registration(path: str | Path, background: nib.Nifti1Image, b1_qalas: nib
     for i, (title, img) in enumerate(panels):
         ax = fig.add_subplot(len(panels), 1, i + 1)
         display = plotting.plot_anat(background, axes=ax, display_mode="ortho", title=title,
-                                     annotate=False, draw_cross=False, dim=-0.5)
+                                     annotate=False, draw_cross=False, dim=-0.5, colorbar=False)
         data = np.asarray(img.dataobj, dtype=np.float32)
         finite = data[np.isfinite(data) & (data > 0)]
         lo, hi = ((0.65, 1.35) if img is b1_qalas else
                   (float(np.percentile(finite, 2)), float(np.percentile(finite, 98))) if finite.size else (0, 1))
-        display.add_overlay(img, cmap="coolwarm", vmin=lo, vmax=hi, alpha=0.45, colorbar=True)
+        display.add_overlay(img, cmap="coolwarm", vmin=lo, vmax=hi, transparency=0.45, colorbar=True)
         display.add_contours(img, levels=[float(np.mean([lo, hi]))], colors="k", linewidths=0.6)
     return _save(fig, Path(path))
 
@@ -115,7 +115,7 @@ def mask_outline(path: str | Path, background: nib.Nifti1Image, mask: nib.Nifti1
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     display = plotting.plot_anat(background, axes=ax, display_mode="z", cut_coords=6, annotate=False,
-                                 draw_cross=False, dim=-0.5)
+                                 draw_cross=False, dim=-0.5, colorbar=False)
     display.add_contours(mask, levels=[0.5], colors="r", linewidths=0.8)
     return _save(fig, Path(path))
 

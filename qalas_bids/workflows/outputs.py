@@ -33,7 +33,10 @@ def init_datasink_wf(*, run, settings, contrasts: bool = True, b1: bool = True,
     out_dir, bids_dir = str(settings.output_dir), str(settings.bids_dir)
     qalas_sources = raw_sources(run.qalas_files, settings.bids_dir)
     b1_sources = raw_sources(run.b1.files.values(), settings.bids_dir) if b1 and run.b1 else []
-    b1_summary = run.b1.as_dict() if b1 and run.b1 else None
+    b1_summary = None
+    if b1 and run.b1:
+        b1_summary = {**run.b1.as_dict(),
+                      "Files": dict(zip(run.b1.files, raw_sources(run.b1.files.values(), bids_dir)))}
 
     ds_maps = pe.Node(DerivativeSink(
         out_dir=out_dir, bids_dir=bids_dir,

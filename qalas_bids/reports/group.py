@@ -1,0 +1,163 @@
+"""Group level: one TSV row per run, a JSON data dictionary and an HTML page with outliers.
+
+Tissue classes come from each run's fitted T1 map (:mod:`qalas_bids.qalas.tissue`: CSF =
+T1 > 2.5 s, WM/GM split at the midpoint between the two T1-density peaks) unless an
+fMRIPrep/sMRIPrep derivatives folder is given, whose ``dseg`` (1 GM, 2 WM, 3 CSF) and
+``desc-brain_mask`` of the same subject/session are resampled to the QALAS grid by the
+image affines (nearest neighbour) — no registration is done, and a warning says so.
+
+Outliers: a value is flagged when its robust z-score ``0.6745·(x − median)/MAD`` across
+runs exceeds 3.5 (Iglewicz & Hoaglin), computed for every per-tissue median column when
+at least 4 runs are present; the MAD is floored at 1 % of the median.
+"""
+from __future__ import annotations
+
+import html
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..bids.derivatives import atomic_write_text, write_json
+from ..qalas.errors import QalasInputError
+from .collect import MAP_SUFFIXES, find_runs
+from .participant import render_page
+from .summaries import MAP_UNITS, RESIDUAL_FLAG, TISSUES, load_run, run_summary
+
+TSV_NAME = "group_T1T2PDIE.tsv"
+OUTLIER_Z = 3.5
+MIN_RUNS_FOR_OUTLIERS = 4
+MAD_FLOOR = 0.01
+
+
+def data_dictionary(columns: list[str], tissue_source: str) -> dict[str, dict[str, str]]:
+    """BIDS-style JSON description of every TSV column."""
+    fixed = {
+        "participant_id": {"Description": "participant label"},
+        "session_id": {"Description": "session label (n/a without sessions)"},
+        "acquisition": {"Description": "acq entity of the run (n/a when absent)"},
+        "run": {"Description": "run entity (n/a when absent)"},
+        "residual_median": {"Description": "median relative RMS residual of the fit in the brain mask", "Units": "1"},
+        "residual_p95": {"Description": "95th percentile of the relative residual in the brain mask", "Units": "1"},
+        "fit_mode": {"Description": "fit mode recorded in the T1map sidecar"},
+        "n_warnings": {"Description": "number of warnings recorded in the T1map sidecar"},
+        "qc_no_b1": {"Description": "1 when no B1+ map was used (B1 = 1 assumed)", "Levels": {"0": "B1 used", "1": "no B1"}},
+        "qc_high_residual": {"Description": f"1 when residual_median > {RESIDUAL_FLAG}", "Levels": {"0": "ok", "1": "flagged"}},
+        "qc_outlier_columns": {"Description": f"columns whose robust z-score across runs exceeds {OUTLIER_Z} "
+                               "(0.6745*(x - median)/MAD; only with at least 4 runs); n/a if none"},
+    }
+    out = {}
+    for col in columns:
+        if col in fixed:
+            out[col] = fixed[col]
+            continue
+        parts = col.split("_")
+        if col.startswith("n_voxels_"):
+            out[col] = {"Description": f"number of {parts[-1]} voxels. {tissue_source}"}
+        elif col.startswith("crlb_rel_"):
+            out[col] = {"Description": f"median CRLB standard deviation of {parts[2]} relative to {parts[2]} "
+                        "in WM and GM", "Units": "1"}
+        elif parts[0] in MAP_SUFFIXES:
+            stat = "median" if parts[-1] == "median" else "interquartile range"
+            out[col] = {"Description": f"{stat} of {parts[0]} in {parts[1]}", "Units": MAP_UNITS[parts[0]]}
+        else:
+            out[col] = {"Description": col}
+    return out
+
+
+def flag_outliers(table: pd.DataFrame) -> pd.DataFrame:
+    """Boolean frame (same shape as the per-tissue median columns) of robust outliers."""
+    cols = [c for c in table.columns if c.endswith("_median") and c.split("_")[0] in MAP_SUFFIXES]
+    flags = pd.DataFrame(False, index=table.index, columns=cols)
+    if len(table) < MIN_RUNS_FOR_OUTLIERS:
+        return flags
+    for c in cols:
+        x = table[c].astype(float)
+        med = x.median()
+        mad = (x - med).abs().median()
+        # floor: 1 % of the median, so that near-identical runs (phantom rescans) do not
+        # turn measurement noise into "outliers"
+        mad = max(mad if np.isfinite(mad) else 0.0, MAD_FLOOR * abs(med), 1e-12)
+        flags[c] = (0.6745 * (x - med) / mad).abs() > OUTLIER_Z
+    return flags
+
+
+def _strip_plots(table: pd.DataFrame, flags: pd.DataFrame, path: Path) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    keys = [k for k in MAP_SUFFIXES if f"{k}_WM_median" in table]
+    fig = Figure(figsize=(3.2 * len(keys), 3.0))
+    FigureCanvasAgg(fig)
+    rng = np.random.default_rng(0)
+    for i, key in enumerate(keys):
+        ax = fig.add_subplot(1, len(keys), i + 1)
+        for j, tissue in enumerate(TISSUES):
+            col = f"{key}_{tissue}_median"
+            x = j + 0.12 * rng.standard_normal(len(table))
+            out = flags[col].to_numpy() if col in flags else np.zeros(len(table), bool)
+            ax.scatter(x[~out], table[col][~out], s=14, color="tab:blue")
+            ax.scatter(x[out], table[col][out], s=30, color="tab:red", marker="x")
+        ax.set_xticks(range(len(TISSUES)), TISSUES)
+        ax.set_title(f"{key[:-3]} ({MAP_UNITS[key]})", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, facecolor="white")
+    return path
+
+
+def _html_table(table: pd.DataFrame, flags: pd.DataFrame) -> str:
+    shown = ["participant_id", "session_id", "run"] + [c for c in table.columns if c.endswith("_median")] + [
+        "qc_no_b1", "qc_high_residual"]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in shown)
+    rows = []
+    for idx, row in table.iterrows():
+        cells = []
+        for c in shown:
+            v = row[c]
+            text = f"{v:.4g}" if isinstance(v, float) and math.isfinite(v) else str(v)
+            cls = " class='outlier'" if c in flags and flags.at[idx, c] else ""
+            cells.append(f"<td{cls}>{html.escape(text)}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<div style='overflow-x:auto'><table><tr>{head}</tr>{''.join(rows)}</table></div>"
+
+
+def run_group_level(output_dir: str | Path, derivatives_dir: str | Path | None = None) -> dict[str, Path]:
+    """Summarise every run in ``output_dir``; returns ``{"tsv", "json", "html", "figure"}`` paths."""
+    out_dir = Path(output_dir).absolute()
+    runs = find_runs(out_dir)
+    if not runs:
+        raise QalasInputError(f"no T1 maps found in {out_dir}: run the participant level before the group level.")
+    rows, sources = [], set()
+    for run in runs:
+        loaded = load_run(run, derivatives_dir)
+        rows.append(run_summary(loaded))
+        sources.add(loaded.tissue_source.split(" (")[0] if derivatives_dir is None else loaded.tissue_source)
+    table = pd.DataFrame(rows)
+    flags = flag_outliers(table)
+    table["qc_outlier_columns"] = [",".join(c for c in flags.columns if flags.at[i, c]) or "n/a" for i in table.index]
+    buf = io.StringIO()
+    table.to_csv(buf, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
+    tissue_source = " / ".join(sorted(sources))
+    paths = {
+        "tsv": atomic_write_text(out_dir / TSV_NAME, buf.getvalue()),
+        "json": write_json(out_dir / TSV_NAME.replace(".tsv", ".json"), data_dictionary(list(table.columns), tissue_source)),
+    }
+    paths["figure"] = _strip_plots(table, flags, out_dir / "group" / "figures" / "group_desc-distributions_T1map.png")
+    n_out = int(flags.to_numpy().sum())
+    body = (f"<h2 id='summary'>Summary</h2><p>{len(table)} runs of {table['participant_id'].nunique()} participants. "
+            f"{n_out} outlying values (red; robust z &gt; {OUTLIER_Z}"
+            f"{'' if len(table) >= MIN_RUNS_FOR_OUTLIERS else f', needs at least {MIN_RUNS_FOR_OUTLIERS} runs'}).</p>"
+            f"<p class='note'>{html.escape(tissue_source)}</p>"
+            f"<h2 id='distributions'>Distributions</h2><img src='{paths['figure'].relative_to(out_dir).as_posix()}' "
+            "alt='per-tissue medians'>"
+            f"<h2 id='table'>Per-run values</h2>{_html_table(table, flags)}"
+            f"<p>Full table: <a href='{TSV_NAME}'>{TSV_NAME}</a> (columns described in "
+            f"<a href='{TSV_NAME.replace('.tsv', '.json')}'>{TSV_NAME.replace('.tsv', '.json')}</a>).</p>")
+    page = render_page("qalas-bids group report", [("summary", "Summary"), ("distributions", "Distributions"),
+                                                   ("table", "Table")], body)
+    paths["html"] = atomic_write_text(out_dir / TSV_NAME.replace(".tsv", ".html"), page)
+    return paths

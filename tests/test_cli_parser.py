@@ -1,0 +1,100 @@
+"""Command-line parsing, validators and the Settings object (no processing)."""
+import json
+
+import pytest
+
+from qalas_bids.cli import validators as v
+from qalas_bids.cli.parser import build_parser, parse_args
+from qalas_bids.config import Settings
+
+
+@pytest.fixture()
+def bids(tmp_path):
+    root = tmp_path / "bids"
+    root.mkdir()
+    (root / "dataset_description.json").write_text('{"Name": "x", "BIDSVersion": "1.9.0"}')
+    return root
+
+
+def test_labels_with_or_without_prefix(bids, tmp_path):
+    opts = parse_args([str(bids), str(tmp_path / "out"), "participant",
+                       "--participant-label", "sub-01", "02", "--session-label", "ses-A"])
+    assert opts.participant_label == ["01", "02"]
+    assert opts.session_label == ["A"]
+    settings = Settings.from_namespace(opts)
+    assert settings.participant_labels == ("01", "02") and settings.session_labels == ("A",)
+
+
+def test_defaults(bids, tmp_path):
+    settings = Settings.from_namespace(parse_args([str(bids), str(tmp_path / "out"), "participant",
+                                                   "--nprocs", "3"]))
+    assert settings.participant_labels is None
+    assert settings.fit_mode == "scan-specific" and settings.device == "auto"
+    assert settings.work_dir.name == "work"
+    assert settings.plugin == "MultiProc"
+    assert settings.plugin_args == {"n_procs": 3, "maxtasksperchild": 1, "raise_insufficient": False}
+    one = Settings.from_namespace(parse_args([str(bids), str(tmp_path / "o"), "participant", "--nprocs", "1"]))
+    assert one.plugin == "Linear"
+
+
+def test_settings_frozen_and_json(bids, tmp_path):
+    settings = Settings.from_namespace(parse_args([str(bids), str(tmp_path / "out"), "participant",
+                                                   "--epochs", "5", "--mem", "8G"]))
+    with pytest.raises(AttributeError):
+        settings.fit_mode = "dictionary"
+    assert settings.ssl_options == {"epochs": 5}
+    assert settings.mem_gb == 8
+    path = settings.write_json(tmp_path / "logs")
+    data = json.loads(path.read_text())
+    assert data["bids_dir"] == str(bids) and data["epochs"] == 5 and data["run_uuid"] in path.name
+
+
+def test_plugin_yaml(bids, tmp_path):
+    plugin = tmp_path / "plugin.yml"
+    plugin.write_text("plugin: SLURMGraph\nplugin_args:\n  sbatch_args: '--time=1:00:00'\n")
+    settings = Settings.from_namespace(parse_args([str(bids), str(tmp_path / "out"), "participant",
+                                                   "--use-plugin", str(plugin)]))
+    assert settings.plugin == "SLURMGraph"
+    assert settings.plugin_args == {"sbatch_args": "--time=1:00:00"}
+
+
+@pytest.mark.parametrize("argv_tail, message", [
+    (["--nprocs", "0"], "positive integer"),
+    (["--participant-label", "sub_01!"], "invalid sub label"),
+    (["--device", "gpu"], "invalid device"),
+    (["--mem", "lots"], "memory"),
+    (["--fit-mode", "fast"], "invalid choice"),
+    (["--no-b1", "--b1-flip-angle", "80"], "--no-b1"),
+])
+def test_usage_errors_exit_2(bids, tmp_path, capsys, argv_tail, message):
+    with pytest.raises(SystemExit) as exc:
+        parse_args([str(bids), str(tmp_path / "out"), "participant", *argv_tail])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_output_inside_bids_and_not_bids(bids, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_args([str(bids), str(bids / "derivatives" / "q"), "participant"])
+    assert exc.value.code == 2 and "inside" in capsys.readouterr().err
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    with pytest.raises(SystemExit):
+        parse_args([str(plain), str(tmp_path / "out"), "participant"])
+    assert "dataset_description.json" in capsys.readouterr().err
+
+
+def test_memory_units():
+    assert v.memory_gb("16G") == 16 and v.memory_gb("16GB") == 16
+    assert v.memory_gb("8000M") == pytest.approx(8) and v.memory_gb("1T") == 1000
+
+
+def test_help_lists_groups_and_version(capsys):
+    text = build_parser().format_help()
+    for option in ("--participant-label", "--bids-filter-file", "--fit-mode", "--device", "--no-b1",
+                   "--use-plugin", "--stop-on-first-crash", "--notrack", "--reports-only",
+                   "--boilerplate-only", "--omp-nthreads", "--vendor-preset", "--b1-flip-angle"):
+        assert option in text
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["--version"])
+    assert exc.value.code == 0 and "qalas-bids" in capsys.readouterr().out

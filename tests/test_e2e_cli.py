@@ -1,0 +1,291 @@
+"""End to end: the real ``qalas-bids`` CLI in a subprocess on a tiny demo dataset.
+
+The demo dataset (2 mm digital brain) is cropped to a 6-slice slab so that each fit takes
+seconds; training uses ``--epochs 2`` (accuracy is tested elsewhere, here the product is).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+CLI = [sys.executable, "-c", "from qalas_bids.cli.run import main; main()"]
+FAST = ["--epochs", "2", "--nprocs", "2", "--omp-nthreads", "1", "--skip-bids-validation"]
+N_SLICES = 6
+MAP_SUFFIXES = ("T1map", "T2map", "PDmap", "IEmap", "desc-crlb_T1map", "desc-crlb_T2map",
+                "desc-crlb_PDmap", "desc-crlb_IEmap", "desc-residual_QALAS", "desc-brain_mask")
+SYNTHETIC = ("T1w", "T2w", "PDw", "FLAIR", "DIR", "PSIR", "STIR")
+
+
+def run_cli(*args, env_extra=None, timeout=600):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+           **(env_extra or {})}
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def crop_qalas(bids: Path) -> None:
+    """Keep a central slab of every QALAS volume (affine updated by nibabel's slicer)."""
+    for path in bids.glob("sub-*/**/anat/*_QALAS.nii.gz"):
+        img = nib.load(path)
+        z0 = img.shape[2] // 2 - N_SLICES // 2
+        nib.save(img.slicer[:, :, z0:z0 + N_SLICES], path)
+
+
+def clone_subject(bids: Path, src: str, dst: str) -> None:
+    """Copy sub-<src> to sub-<dst>, renaming files and paths inside sidecars/TSVs."""
+    for path in sorted((bids / f"sub-{src}").rglob("*")):
+        target = bids / f"sub-{dst}" / path.relative_to(bids / f"sub-{src}")
+        target = target.with_name(target.name.replace(f"sub-{src}", f"sub-{dst}"))
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        elif path.suffix in (".json", ".tsv"):
+            target.write_text(path.read_text().replace(f"sub-{src}", f"sub-{dst}"))
+        else:
+            shutil.copy2(path, target)
+    participants = bids / "participants.tsv"
+    lines = participants.read_text().splitlines()
+    row = next(line for line in lines[1:] if line.startswith(f"sub-{src}"))
+    participants.write_text("\n".join(lines + [row.replace(f"sub-{src}", f"sub-{dst}")]) + "\n")
+
+
+@pytest.fixture(scope="session")
+def demo_bids(tmp_path_factory) -> Path:
+    """sub-01 and sub-02, two sessions x two runs each, cropped (never modified by tests)."""
+    from qalas_bids.qalas.demo_dataset import write_demo_dataset
+
+    root = tmp_path_factory.mktemp("demo") / "bids"
+    write_demo_dataset(root, subjects=("01",), sessions=("01", "02"), runs=(1, 2), snr=60)
+    shutil.rmtree(root / "derivatives", ignore_errors=True)  # ground truth not needed here
+    crop_qalas(root)
+    clone_subject(root, "01", "02")
+    return root
+
+
+@pytest.fixture()
+def small_bids(demo_bids, tmp_path) -> Path:
+    """A writable copy with only sub-01 ses-01 run-1 (for the bad-input cases)."""
+    root = tmp_path / "bids"
+    shutil.copytree(demo_bids, root)
+    shutil.rmtree(root / "sub-02")
+    shutil.rmtree(root / "sub-01" / "ses-02")
+    for path in (root / "sub-01" / "ses-01").rglob("*run-2*"):
+        path.unlink()
+    return root
+
+
+def checksums(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def set_read_only(root: Path, read_only: bool) -> None:
+    for path in [root, *root.rglob("*")]:
+        mode = path.stat().st_mode
+        if read_only:
+            path.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+        else:
+            path.chmod(mode | stat.S_IWUSR)
+
+
+def assert_usage_error(proc, pattern: str) -> None:
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert re.search(pattern, proc.stderr, re.IGNORECASE), proc.stderr[-3000:]
+
+
+def test_participant_run_on_read_only_input(demo_bids, tmp_path):
+    """Four fits (2 sessions x 2 runs), every output with sidecars, input untouched, re-run cached."""
+    before = checksums(demo_bids)
+    out, work = tmp_path / "out", tmp_path / "work"
+    set_read_only(demo_bids, True)
+    try:
+        proc = run_cli(demo_bids, out, "participant", "--participant-label", "sub-01", "-w", work, *FAST)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        for ses in ("01", "02"):
+            for run in ("1", "2"):
+                prefix = f"sub-01_ses-{ses}_run-{run}"
+                anat = out / "sub-01" / f"ses-{ses}" / "anat"
+                for suffix in MAP_SUFFIXES + tuple(f"desc-synthetic_{c}" for c in SYNTHETIC):
+                    nii = anat / f"{prefix}_{suffix}.nii.gz"
+                    assert nii.is_file(), nii
+                    assert (anat / f"{prefix}_{suffix}.json").is_file(), suffix
+                b1 = out / "sub-01" / f"ses-{ses}" / "fmap" / f"{prefix}_space-QALAS_TB1map.nii.gz"
+                assert b1.is_file()
+                t1_img = nib.load(anat / f"{prefix}_T1map.nii.gz")
+                qalas = nib.load(demo_bids / "sub-01" / f"ses-{ses}" / "anat" / f"{prefix}_inv-0_QALAS.nii.gz")
+                assert t1_img.shape == qalas.shape and np.allclose(t1_img.affine, qalas.affine, atol=1e-4)
+                t1 = np.asarray(t1_img.dataobj)
+                assert np.isfinite(t1).all() and t1.max() > 0
+                b1_data = np.asarray(nib.load(b1).dataobj)
+                inside = b1_data[b1_data > 0]
+                assert inside.min() >= 0.65 - 1e-6 and inside.max() <= 1.35 + 1e-6
+                side = json.loads((anat / f"{prefix}_T1map.json").read_text())
+                assert side["Units"] == "s" and side["FitMode"] == "scan-specific"
+                assert all(s.startswith("bids:raw:sub-01/") for s in side["Sources"])
+                assert side["SequenceTiming"]["tf"] > 0 and side["FitInfo"]["Epochs"] == 2
+                assert "EstimationAlgorithm" in side and "SkullStripped" in side
+                flair = json.loads((anat / f"{prefix}_desc-synthetic_FLAIR.json").read_text())
+                assert {"RepetitionTime", "EchoTime", "InversionTime"} <= set(flair)
+        assert not (out / "sub-02").exists()
+        desc = json.loads((out / "dataset_description.json").read_text())
+        assert desc["DatasetType"] == "derivative"
+        for name in ("CITATION.md", "CITATION.bib", "CITATION.html"):
+            assert (out / "logs" / name).is_file()
+        assert (out / "sub-01.html").is_file()
+        assert list((out / "logs").glob("config-*.json"))
+
+        # re-run: the work directory is reused, the fits are not redone
+        fit_results = sorted(work.rglob("fit/result_fit.pklz"))
+        assert len(fit_results) == 4
+        mtimes = [p.stat().st_mtime_ns for p in fit_results]
+        good = checksums(out / "sub-01")
+        linear = ["--epochs", "2", "--nprocs", "1", "--skip-bids-validation"]  # Linear plugin
+        proc2 = run_cli(demo_bids, out, "participant", "--participant-label", "01", "-w", work, *linear)
+        assert proc2.returncode == 0, proc2.stderr[-4000:]
+        assert [p.stat().st_mtime_ns for p in fit_results] == mtimes
+
+        # a later failing run (processing crash -> exit 1) never deletes earlier outputs
+        bad = tmp_path / "bad_synth.json"
+        bad.write_text(json.dumps({"T1w": {"RepetitionTime": -1.0}}))
+        one_run = tmp_path / "one_run.json"
+        one_run.write_text(json.dumps({"qalas": {"session": "01", "run": 1}}))
+        proc3 = run_cli(demo_bids, out, "participant", "--participant-label", "01", "-w", work,
+                        "--synth-params", bad, "--bids-filter-file", one_run, *FAST)
+        assert proc3.returncode in (1, 2), proc3.stderr[-4000:]
+        if proc3.returncode == 1:
+            assert "crash file" in proc3.stderr.lower()
+        after = checksums(out / "sub-01")
+        for rel, digest in good.items():
+            if rel.endswith(".nii.gz") and "/figures/" not in rel:
+                assert after.get(rel) == digest, rel
+    finally:
+        set_read_only(demo_bids, False)
+    assert checksums(demo_bids) == before
+
+
+def test_selection_by_label_and_filter_file(demo_bids, tmp_path):
+    """--participant-label and --bids-filter-file narrow the runs (checked without fitting)."""
+    filters = tmp_path / "filters.json"
+    filters.write_text(json.dumps({"qalas": {"session": "02", "run": 1}}))
+    proc = run_cli(demo_bids, tmp_path / "out", "participant", "--participant-label", "02",
+                   "--bids-filter-file", filters, "--boilerplate-only", "-w", tmp_path / "work",
+                   "--skip-bids-validation")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "1 QALAS run(s) of 1 participant(s)" in proc.stderr
+    assert "sub-02_ses-02_run-1" in proc.stderr
+    assert "sub-01_" not in proc.stderr and "ses-01_run" not in proc.stderr
+    assert (tmp_path / "out" / "logs" / "CITATION.md").is_file()
+
+    proc = run_cli(demo_bids, tmp_path / "out2", "participant", "--boilerplate-only",
+                   "-w", tmp_path / "work2")  # validation runs when the validator is installed
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "8 QALAS run(s) of 2 participant(s)" in proc.stderr
+
+
+def _edit_json(path: Path, **changes) -> None:
+    data = json.loads(path.read_text())
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    path.write_text(json.dumps(data))
+
+
+def _qalas(root: Path, inv: int) -> Path:
+    return next(root.glob(f"sub-01/ses-01/anat/*_inv-{inv}_QALAS.nii.gz"))
+
+
+def _break_missing_b1(root):
+    shutil.rmtree(root / "sub-01" / "ses-01" / "fmap")
+
+
+def _break_four_volumes(root):
+    path = _qalas(root, 4)
+    path.unlink()
+    Path(str(path).replace(".nii.gz", ".json")).unlink()
+
+
+def _break_grids(root):
+    path = _qalas(root, 3)
+    img = nib.load(path)
+    nib.save(img.slicer[:, :, 1:], path)
+
+
+def _break_manufacturer(root):
+    for path in root.glob("sub-01/ses-01/anat/*_QALAS.json"):
+        _edit_json(path, Manufacturer=None)
+
+
+def _break_nans(root):
+    path = _qalas(root, 2)
+    img = nib.load(path)
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    data[data.shape[0] // 2, data.shape[1] // 2, :] = np.nan
+    nib.save(nib.Nifti1Image(data, img.affine), path)  # float32 header: NaN survives
+
+
+def _b1_only_in_other_session(root):
+    ses2 = root / "sub-01" / "ses-02"
+    (ses2 / "fmap").mkdir(parents=True)
+    for path in (root / "sub-01" / "ses-01" / "fmap").iterdir():
+        target = ses2 / "fmap" / path.name.replace("ses-01", "ses-02")
+        if path.suffix == ".json":
+            _edit_json(path, IntendedFor=None)
+            target.write_text(path.read_text())
+        else:
+            shutil.copy2(path, target)
+    shutil.rmtree(root / "sub-01" / "ses-01" / "fmap")
+
+
+BAD_INPUTS = {
+    "missing_b1": (_break_missing_b1, r"b1|B1"),
+    "four_volumes": (_break_four_volumes, r"4 QALAS volumes|5 contrasts|five"),
+    "mismatched_grids": (_break_grids, r"grid"),
+    "missing_manufacturer": (_break_manufacturer, r"Manufacturer"),
+    "nans": (_break_nans, r"NaN"),
+    "b1_other_session": (_b1_only_in_other_session, r"session|B1"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_exits_2(small_bids, tmp_path, case):
+    breaker, pattern = BAD_INPUTS[case]
+    breaker(small_bids)
+    proc = run_cli(small_bids, tmp_path / "out", "participant", "-w", tmp_path / "work", *FAST)
+    assert_usage_error(proc, pattern)
+    assert "--no-b1" in proc.stderr or case != "missing_b1"
+
+
+def test_usage_errors_exit_2(small_bids, tmp_path):
+    proc = run_cli(small_bids, small_bids / "derivatives" / "qalas", "participant")
+    assert_usage_error(proc, r"inside")
+    assert not (small_bids / "derivatives" / "qalas").exists()
+    proc = run_cli(small_bids, tmp_path / "out", "participant", "--participant-label", "99",
+                   "-w", tmp_path / "work", "--skip-bids-validation")
+    assert_usage_error(proc, r"99")
+    proc = run_cli(small_bids, tmp_path / "out", "participant", "--nprocs", "0")
+    assert_usage_error(proc, r"positive integer")
+    proc = run_cli(tmp_path / "missing", tmp_path / "out", "participant")
+    assert_usage_error(proc, r"does not exist")
+
+
+def test_cuda_without_gpu_exits_2(small_bids, tmp_path):
+    proc = run_cli(small_bids, tmp_path / "out", "participant", "--device", "cuda",
+                   "-w", tmp_path / "work", "--skip-bids-validation",
+                   env_extra={"CUDA_VISIBLE_DEVICES": ""})
+    assert_usage_error(proc, r"--device cuda.*no CUDA GPU")
+    assert "--device cpu" in proc.stderr
