@@ -47,6 +47,8 @@ class Settings:
     epochs: int | None = None
     batch_size: int | None = None
     model_path: Path | None = None
+    force_model: bool = False
+    save_model_dir: Path | None = None
     # synthetic contrasts
     synth_contrasts: tuple[str, ...] | None = None
     synth_params: dict[str, Any] | None = None
@@ -97,7 +99,9 @@ class Settings:
             seed=opts.seed,
             epochs=opts.epochs,
             batch_size=opts.batch_size,
-            model_path=getattr(opts, "model", None),
+            model_path=Path(opts.model).absolute() if getattr(opts, "model", None) else None,
+            force_model=bool(getattr(opts, "force_model", False)),
+            save_model_dir=Path(opts.save_model).absolute() if getattr(opts, "save_model", None) else None,
             synth_contrasts=tuple(opts.synth_contrasts) if opts.synth_contrasts else None,
             synth_params=opts.synth_params,
             nprocs=nprocs,

@@ -83,6 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=v.positive_int, metavar="N",
                    help="voxels per mini-batch (default: the engine's choice)")
 
+    g = parser.add_argument_group("Models (reuse across subjects)")
+    g.add_argument("--model", type=v.existing_file, metavar="PATH",
+                   help="network weights (a --save-model or qalas-bids-train file) for --fit-mode "
+                        "pretrained or fine-tune instead of the shipped ones; refused when its "
+                        "timing, vendor or field strength differ from the scan's")
+    g.add_argument("--force-model", action="store_true",
+                   help="use a --model trained for another timing/vendor/field anyway (a warning "
+                        "is written into every sidecar)")
+    g.add_argument("--save-model", type=v.output_path, metavar="DIR",
+                   help="write each run's trained network (scan-specific or fine-tune) to DIR as "
+                        "sub-X[_ses-Y][_run-Z]_desc-ssl_model.pt, reusable with --model")
+
     g = parser.add_argument_group("Synthetic contrasts")
     g.add_argument("--synth-contrasts", nargs="+", choices=SYNTHETIC_CONTRASTS, metavar="NAME",
                    help=f"contrasts to synthesise, among {', '.join(SYNTHETIC_CONTRASTS)} (default: all)")
@@ -136,6 +148,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--b1-flip-angle makes no sense with --no-b1")
     if opts.reports_only and opts.boilerplate_only:
         parser.error("choose one of --reports-only and --boilerplate-only")
+    if opts.model is not None and opts.fit_mode not in ("pretrained", "fine-tune"):
+        parser.error("--model is used by --fit-mode pretrained or fine-tune only")
+    if opts.force_model and opts.model is None:
+        parser.error("--force-model needs --model")
+    if opts.save_model is not None:
+        if opts.analysis_level != "participant":
+            parser.error("--save-model is a participant-level option")
+        if opts.fit_mode not in ("scan-specific", "fine-tune"):
+            parser.error("--save-model needs a training fit mode (scan-specific or fine-tune)")
+        if opts.save_model == bids_dir or bids_dir in opts.save_model.parents:
+            parser.error(f"--save-model {opts.save_model} is inside bids_dir: choose another folder")
     if opts.analysis_level == "participant" and opts.derivatives:
         parser.error("--derivatives is only used at the group level")
     return opts

@@ -107,6 +107,13 @@ def discover_runs(settings: Settings) -> list:
             raise UsageError(f"--fit-mode {settings.fit_mode} needs network weights, but {model} "
                              "does not exist: use --fit-mode scan-specific (trains on this scan) "
                              "or reinstall qalas-bids")
+        if settings.model_path:  # refuse a model trained for another protocol before any work
+            from ..qalas.cohort import check_model_compatibility
+
+            for run in runs:
+                if run.timing is not None:
+                    check_model_compatibility(model, run.timing.timing, run.metadata,
+                                              force=settings.force_model, label=run.label)
     LOGGER.info("%d QALAS run(s) of %d participant(s) selected", len(runs),
                 len({r.subject for r in runs}))
     return runs

@@ -32,6 +32,12 @@ class _FitQalasInputSpec(BaseInterfaceInputSpec):
     timing_sources = traits.Dict(desc="where each timing value came from (for the sidecar)")
     timing_warnings = traits.List(traits.Str, desc="timing warnings (for the sidecar)")
     b1_info = traits.Dict(desc="B1 preparation summary (for the sidecar)")
+    force_model = traits.Bool(False, usedefault=True,
+                              desc="use model_path even if trained for another timing (--force-model)")
+    model_warnings = traits.List(traits.Str, desc="model compatibility warnings (for the sidecar)")
+    save_model_path = traits.Str(desc="write the trained network here (scan-specific / fine-tune)")
+    model_provenance = traits.Dict(desc="acquisition (sidecar keys) and sources (BIDS URIs) of the run, "
+                                        "stored in the saved model")
 
 
 class _FitQalasOutputSpec(TraitedSpec):
@@ -50,6 +56,16 @@ class FitQalas(SimpleInterface):
 
     input_spec = _FitQalasInputSpec
     output_spec = _FitQalasOutputSpec
+
+    def _ssl_options(self) -> dict | None:
+        options = dict(self.inputs.ssl_options) if isdefined(self.inputs.ssl_options) else {}
+        if self.inputs.method == "dictionary":
+            return options or None
+        if self.inputs.force_model:
+            options["force_model"] = True
+        if isdefined(self.inputs.save_model_path) and self.inputs.method != "pretrained":
+            options["save_model_path"] = self.inputs.save_model_path
+        return options or None
 
     def _run_interface(self, runtime):
         import torch
@@ -70,9 +86,21 @@ class FitQalas(SimpleInterface):
             device=self.inputs.device,
             seed=self.inputs.seed,
             model_path=self.inputs.model_path if isdefined(self.inputs.model_path) else None,
-            ssl_options=dict(self.inputs.ssl_options) if isdefined(self.inputs.ssl_options) else None,
+            ssl_options=self._ssl_options(),
             progress=False,
         )
+        saved = (self._ssl_options() or {}).get("save_model_path")
+        if saved:
+            from ..qalas.cohort import annotate_model
+            from ..qalas.pretrained import file_sha256
+
+            prov = dict(self.inputs.model_provenance) if isdefined(self.inputs.model_provenance) else {}
+            annotate_model(saved, acquisition=prov.get("acquisition"), sources=prov.get("sources", ()),
+                           training={"run": prov.get("label")})
+            result.info["saved_model"] = {"path": saved, "sha256": file_sha256(saved)}
+        result.info["force_model"] = bool(self.inputs.force_model)
+        if isdefined(self.inputs.model_warnings):
+            result.info["warnings"] = list(self.inputs.model_warnings) + list(result.info.get("warnings", []))
         out_maps = []
         for key in MAP_KEYS:
             path = save_like(result.maps[key], reference, os.path.join(runtime.cwd, f"{key}.nii.gz"))

@@ -77,7 +77,8 @@ def qalas_signal(
     esp, etl = timing.esp, timing.etl
     # Look-Locker readout train in closed form.
     inv_t1_star = 1.0 / t1 - torch.log(torch.cos(alpha)) / esp
-    m0_star = pd * (1 - torch.exp(-esp / t1)) / (1 - torch.exp(-esp * inv_t1_star))
+    # expm1 keeps float32 precision when esp/T1 ~ 1e-3.
+    m0_star = pd * torch.expm1(-esp / t1) / torch.expm1(-esp * inv_t1_star)
     e_train = torch.exp(-etl * inv_t1_star)
     sin_alpha = torch.sin(alpha)
     t2prep = (torch.sin(theta) ** 2 * torch.exp(-(timing.t2p - timing.tc) / t2)
@@ -126,7 +127,8 @@ def qalas_signal_repeated(t1, t2, pd, ie, b1, timing: SequenceTiming,
     theta = (math.pi / 2) * b1
     esp, etl = timing.esp, timing.etl
     inv_t1_star = 1.0 / t1 - torch.log(torch.cos(alpha)) / esp
-    m0_star = pd * (1 - torch.exp(-esp / t1)) / (1 - torch.exp(-esp * inv_t1_star))
+    # expm1 keeps float32 precision when esp/T1 ~ 1e-3.
+    m0_star = pd * torch.expm1(-esp / t1) / torch.expm1(-esp * inv_t1_star)
     e_train = torch.exp(-etl * inv_t1_star)
 
     def rec(m, delay):

@@ -126,7 +126,8 @@ def _html_table(table: pd.DataFrame, flags: pd.DataFrame) -> str:
 
 
 def run_group_level(output_dir: str | Path, derivatives_dir: str | Path | None = None) -> dict[str, Path]:
-    """Summarise every run in ``output_dir``; returns ``{"tsv", "json", "html", "figure"}`` paths."""
+    """Summarise every run in ``output_dir``; returns ``{"tsv", "json", "html", "figure"}`` paths
+    (plus ``repeatability_tsv``/``repeatability_json`` when a participant has repeated runs)."""
     out_dir = Path(output_dir).absolute()
     runs = find_runs(out_dir)
     if not runs:
@@ -146,6 +147,10 @@ def run_group_level(output_dir: str | Path, derivatives_dir: str | Path | None =
         "tsv": atomic_write_text(out_dir / TSV_NAME, buf.getvalue()),
         "json": write_json(out_dir / TSV_NAME.replace(".tsv", ".json"), data_dictionary(list(table.columns), tissue_source)),
     }
+    from .repeatability import write_repeatability
+
+    rep_paths, rep_section = write_repeatability(out_dir, runs, derivatives_dir)
+    paths.update(rep_paths)
     paths["figure"] = _strip_plots(table, flags, out_dir / "group" / "figures" / "group_desc-distributions_T1map.png")
     n_out = int(flags.to_numpy().sum())
     body = (f"<h2 id='summary'>Summary</h2><p>{len(table)} runs of {table['participant_id'].nunique()} participants. "
@@ -156,8 +161,10 @@ def run_group_level(output_dir: str | Path, derivatives_dir: str | Path | None =
             "alt='per-tissue medians'>"
             f"<h2 id='table'>Per-run values</h2>{_html_table(table, flags)}"
             f"<p>Full table: <a href='{TSV_NAME}'>{TSV_NAME}</a> (columns described in "
-            f"<a href='{TSV_NAME.replace('.tsv', '.json')}'>{TSV_NAME.replace('.tsv', '.json')}</a>).</p>")
+            f"<a href='{TSV_NAME.replace('.tsv', '.json')}'>{TSV_NAME.replace('.tsv', '.json')}</a>).</p>"
+            + rep_section)
     page = render_page("qalas-bids group report", [("summary", "Summary"), ("distributions", "Distributions"),
-                                                   ("table", "Table")], body)
+                                                   ("table", "Table"),
+                                                   ("repeatability", "Repeatability")], body)
     paths["html"] = atomic_write_text(out_dir / TSV_NAME.replace(".tsv", ".html"), page)
     return paths

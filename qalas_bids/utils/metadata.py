@@ -24,6 +24,13 @@ ALGORITHMS = {
     "dictionary": "Dictionary matching of the QALAS Bloch signal model (B1 known per voxel)",
 }
 
+#: How the network of each SSL fit mode relates to the maps (FitInfo.Model.Role).
+MODEL_ROLES = {
+    "scan-specific": "trained from scratch on this scan (kept only with --save-model: see SavedModel)",
+    "pretrained": "weights applied as loaded, no training on this scan",
+    "fine-tune": "weights loaded as the starting point, then trained on this scan",
+}
+
 #: (suffix, desc, Units, description) of the fitted maps, in FitQalas.MAP_KEYS order.
 MAP_OUTPUTS = (
     ("T1map", None, "s", "longitudinal relaxation time T1"),
@@ -81,6 +88,14 @@ def fit_sidecar_metadata(info: dict[str, Any], timing_sources: dict[str, str] | 
         model = info.get("model") or {}
         fit_info["Model"] = {"Path": model.get("path", info.get("model_path")),
                              "SHA256": model.get("sha256", info.get("model_sha256"))}
+    method = info.get("method")
+    if method in MODEL_ROLES:
+        fit_info.setdefault("Model", {"Path": None, "SHA256": None})
+        fit_info["Model"]["Role"] = MODEL_ROLES[method]
+        fit_info["Model"]["Forced"] = bool(info.get("force_model", False))
+    saved = info.get("saved_model")
+    if isinstance(saved, dict):
+        fit_info["SavedModel"] = {"Path": saved.get("path"), "SHA256": saved.get("sha256")}
     meta = {
         "SequenceTiming": info.get("timing", {}),
         "TimingSources": dict(timing_sources or {}),

@@ -76,6 +76,19 @@ def init_qalas_wf(*, run, settings, name: str | None = None):
         fit.inputs.ssl_options = settings.ssl_options
     if settings.model_path:
         fit.inputs.model_path = str(settings.model_path)
+        fit.inputs.force_model = settings.force_model
+        if run.timing is not None and settings.fit_mode in ("pretrained", "fine-tune"):
+            from ..qalas.cohort import check_model_compatibility
+
+            fit.inputs.model_warnings = check_model_compatibility(
+                settings.model_path, run.timing.timing, run.metadata, force=settings.force_model,
+                label=run.label)
+    if settings.save_model_dir and settings.fit_mode in ("scan-specific", "fine-tune"):
+        from ..qalas.cohort import acquisition_info, model_filename
+
+        fit.inputs.save_model_path = str(settings.save_model_dir / model_filename(run.entities))
+        fit.inputs.model_provenance = {"acquisition": acquisition_info(run.metadata), "label": run.label,
+                                       "sources": raw_sources(run.qalas_files, settings.bids_dir)}
     synth = init_synthetic_node(settings, sources=raw_sources(run.qalas_files, settings.bids_dir))
     sinks = init_datasink_wf(run=run, settings=settings,
                              contrasts=bool(synth), b1=run.b1 is not None and not settings.no_b1)
