@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from qalas_bids.qalas.phantom import make_digital_brain
 from qalas_bids.qalas.repeatability import predicted_median_sd, voxelwise_rmse, within_subject_cov

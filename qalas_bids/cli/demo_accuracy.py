@@ -7,7 +7,7 @@ For every ground-truth run in ``BIDS_DIR/derivatives/groundtruth`` it loads the 
 tissue (voxels whose tissue fraction > 0.8, from the ground-truth probseg maps, or the
 dseg label when those are absent):
 
-* median relative error ``median(|est - true| / true)``,
+* median signed relative error (bias) ``median((est - true) / true)``,
 * NRMSE ``||est - true||_2 / ||true||_2``,
 
 over the voxels the app fitted (non-zero), plus the coverage (fraction of brain voxels
@@ -44,7 +44,8 @@ def _tissue_masks(anat_dir: Path, prefix: str) -> dict[str, np.ndarray]:
 
 
 def _metrics(est: np.ndarray, true: np.ndarray) -> tuple[float, float]:
-    rel = np.abs(est - true) / np.maximum(np.abs(true), 1e-12)
+    """Median signed relative error (bias) and NRMSE (reported separately, never merged)."""
+    rel = (est - true) / np.maximum(np.abs(true), 1e-12)
     nrmse = float(np.linalg.norm(est - true) / max(np.linalg.norm(true), 1e-12))
     return float(np.median(rel)), nrmse
 
@@ -56,7 +57,7 @@ def compare_run(truth_anat: Path, out_anat: Path, prefix: str) -> list[str]:
     if missing:
         raise FileNotFoundError("missing app outputs:\n    " + "\n    ".join(missing))
     masks = _tissue_masks(truth_anat, prefix)
-    lines = [f"{prefix}", f"  {'map':<8}{'tissue':<7}{'voxels':>8}{'median rel err':>16}{'NRMSE':>9}"]
+    lines = [f"{prefix}", f"  {'map':<8}{'tissue':<7}{'voxels':>8}{'median bias':>16}{'NRMSE':>9}"]
     for name in MAPS:
         est = _load(out_anat / f"{prefix}_{name}.nii.gz")
         true = _load(truth_anat / f"{prefix}_{name}.nii.gz")
@@ -74,10 +75,10 @@ def compare_run(truth_anat: Path, out_anat: Path, prefix: str) -> list[str]:
                 lines.append(f"  {name:<8}{tissue:<7}{0:>8}{'n/a':>16}{'n/a':>9}")
                 continue
             med, nrmse = _metrics(est[sel], true[sel])
-            lines.append(f"  {name:<8}{tissue:<7}{int(sel.sum()):>8}{100 * med:>15.2f}%{100 * nrmse:>8.2f}%")
+            lines.append(f"  {name:<8}{tissue:<7}{int(sel.sum()):>8}{100 * med:>+15.2f}%{100 * nrmse:>8.2f}%")
             if name == "PDmap" and abs(scale - 1) > 0.02:
                 med_s, nrmse_s = _metrics(est[sel] * scale, true[sel])
-                lines.append(f"  {'PD*k':<8}{tissue:<7}{int(sel.sum()):>8}{100 * med_s:>15.2f}%"
+                lines.append(f"  {'PD*k':<8}{tissue:<7}{int(sel.sum()):>8}{100 * med_s:>+15.2f}%"
                              f"{100 * nrmse_s:>8.2f}%   (global scale k={scale:.4g})")
     return lines
 

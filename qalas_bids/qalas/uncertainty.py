@@ -128,7 +128,7 @@ def crlb_std(
     dev = resolve_device(device)
     t1_t, t2_t, pd_t, ie_t, b1_t = _tensors(dev, t1, t2, pd, ie, b1)
     n = t1_t.numel()
-    out = {name: np.empty(n, dtype=np.float32) for name in PARAMETERS}
+    out = {name: np.empty(n, dtype=np.float64) for name in PARAMETERS}  # float32 after capping
     singular = np.zeros(n, dtype=bool)
     step = _chunk(dev)
     for c0 in range(0, n, step):
@@ -148,7 +148,9 @@ def crlb_std(
         corr = torch.where(degenerate[:, None, None], eye, fisher / (d[:, :, None] * d[:, None, :]))
         inv_corr, info = torch.linalg.inv_ex(corr)
         var = torch.diagonal(inv_corr, dim1=1, dim2=2) / d ** 2
-        eig = torch.linalg.eigvalsh(corr)
+        # Batched eigvalsh of tiny 4x4 matrices is cheap on the CPU, while CUDA's batched
+        # solver requested >100 GiB of workspace for 2 mm brains on an H100: stay on CPU.
+        eig = torch.linalg.eigvalsh(corr.cpu()).to(corr.device)
         cond = eig[:, -1] / eig[:, 0].clamp_min(1e-300)
         bad = (degenerate | (info != 0) | (eig[:, 0] <= 0) | (cond > 1e12)
                | ~torch.isfinite(var).all(1) | (var <= 0).any(1))

@@ -99,8 +99,10 @@ def b1_registration(path: str | Path, background: nib.Nifti1Image, b1_qalas: nib
         display = plotting.plot_anat(background, axes=ax, display_mode="ortho", title=title,
                                      annotate=False, draw_cross=False, dim=-0.5, colorbar=False)
         data = np.asarray(img.dataobj, dtype=np.float32)
+        is_qalas_grid = img is b1_qalas
+        img = nib.Nifti1Image(data, img.affine)  # raw famp maps are often int16
         finite = data[np.isfinite(data) & (data > 0)]
-        lo, hi = ((0.65, 1.35) if img is b1_qalas else
+        lo, hi = ((0.65, 1.35) if is_qalas_grid else
                   (float(np.percentile(finite, 2)), float(np.percentile(finite, 98))) if finite.size else (0, 1))
         display.add_overlay(img, cmap="coolwarm", vmin=lo, vmax=hi, transparency=0.45, colorbar=True)
         display.add_contours(img, levels=[float(np.mean([lo, hi]))], colors="k", linewidths=0.6)
