@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
-import json
 import logging
 from importlib import resources
 from pathlib import Path
@@ -95,6 +94,19 @@ def _kv_table(data: dict[str, Any]) -> str:
     return f"<table>{rows}</table>"
 
 
+def _number(value: object, digits: int = 4) -> str:
+    """Short display of a float (``n/a`` when missing)."""
+    return "n/a" if value is None else f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+
+def _b1_text(b1: object) -> str:
+    """One readable line for the ``B1Source`` sidecar entry."""
+    if not isinstance(b1, dict):
+        return str(b1) if b1 else ""
+    files = ", ".join(str(f).rsplit("/", 1)[-1] for f in (b1.get("Files") or {}).values())
+    return f"{b1.get('Kind', '')}: {files} ({b1.get('Reason', '')})"
+
+
 def _run_section(out_dir: Path, loaded: LoadedRun, bids_dir: Path | None, extra_warnings: Sequence[str]) -> str:
     run, side = loaded.run, loaded.run.sidecar
     ras = lambda a: figures.canonical_data(nib.Nifti1Image(a.astype(np.float32), loaded.reference.affine))  # noqa: E731
@@ -104,13 +116,16 @@ def _run_section(out_dir: Path, loaded: LoadedRun, bids_dir: Path | None, extra_
     # Summary + warnings
     info = side.get("FitInfo", {}) or {}
     summary = {"Fit mode": side.get("FitMode", "n/a"), "Algorithm": side.get("EstimationAlgorithm", "n/a"),
-               "Device": info.get("Device", "n/a"), "Wall time (s)": info.get("WallTimeSeconds", "n/a"),
-               "Epochs": info.get("Epochs", "n/a"), "Noise sigma": info.get("NoiseSigma", "n/a"),
+               "Device": info.get("Device", "n/a"), "Wall time (s)": _number(info.get("WallTimeSeconds")),
+               "Epochs": info.get("Epochs", "n/a"), "Noise sigma": _number(info.get("NoiseSigma")),
                "Noise sigma method": info.get("NoiseSigmaMethod", "n/a"),
-               "B1 source": side.get("B1Source") or ("none (B1 = 1 assumed)" if run.b1 is None else run.b1.name),
+               "B1 source": _b1_text(side.get("B1Source")) or ("none (B1 = 1 assumed)" if run.b1 is None
+                                                               else run.b1.name),
                "Software version": side.get("SoftwareVersion", "n/a")}
     if info.get("Model"):
-        summary["Model"] = json.dumps(info["Model"])
+        model = info["Model"]
+        summary["Model"] = (f"{model.get('Role', '')} {model.get('Path') or ''} "
+                            f"{('sha256 ' + model['SHA256'][:12]) if model.get('SHA256') else ''}").strip()
     parts.append("<h3>Summary</h3>" + _kv_table(summary))
     warns = list(side.get("Warnings", []) or []) + list(extra_warnings)
     parts.append("<h3>Warnings</h3>" + ("".join(f"<div class='warn'>{_e(w)}</div>" for w in warns)
