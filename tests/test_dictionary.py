@@ -150,7 +150,8 @@ def test_info_and_missing_b1(caplog):
     mags = _magnitudes([0.85, 1.35], [0.075, 0.095], 1.0, 0.9, 1.0)
     with caplog.at_level(logging.WARNING, logger="qalas_bids"):
         fit = fit_dictionary(mags, None, SIEMENS, device="cpu", progress=False)
-    assert "No B1 map" in caplog.text
+    assert "no b1 map" in caplog.text.lower()
+    assert any("B1 = 1" in w for w in fit.info["warnings"])
     assert fit.t1 == pytest.approx([0.85, 1.35], abs=0.01)
     info = fit.info
     assert info["method"] == "dictionary" and info["device"] == "cpu"
@@ -177,8 +178,8 @@ def test_zero_voxel_gives_zero_pd():
     (np.ones((3, 4)), np.ones(3), "shape"),
     (np.full((2, 5), np.nan), np.ones(2), "NaN"),
     (-np.ones((2, 5)), np.ones(2), "negative"),
-    (np.ones((2, 5)), np.ones(3), "B1 has 3 values"),
-    (np.ones((2, 5)), np.array([1.0, -1.0]), "B1 values"),
+    (np.ones((2, 5)), np.ones(3), "B1 has 3 voxels"),
+    (np.ones((2, 5)), np.array([1.0, -1.0]), "non-positive"),
 ])
 def test_bad_input_raises(mags, b1, message):
     with pytest.raises(QalasInputError, match=message):

@@ -14,36 +14,11 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from qalas_bids.cli.validators import bids_label, positive_float, positive_int
 from qalas_bids.qalas.errors import QalasInputError
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _label(text: str) -> str:
-    for prefix in ("sub-", "ses-"):
-        if text.startswith(prefix):
-            text = text[len(prefix):]
-    if not text.isalnum():
-        raise argparse.ArgumentTypeError(f"labels must be alphanumeric (e.g. 01), got {text!r}")
-    return text
-
-
-def _run_index(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"run must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"run must be a positive integer, got {text!r}")
-    return value
+_SUBJECT, _SESSION = bids_label("sub"), bids_label("ses")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,16 +28,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "TurboFLASH B1 map) with its exact ground truth in derivatives/groundtruth/.",
     )
     parser.add_argument("out_dir", type=Path, help="directory to create (must be empty or absent)")
-    parser.add_argument("--subjects", nargs="+", type=_label, default=["01"], metavar="LABEL",
+    parser.add_argument("--subjects", nargs="+", type=_SUBJECT, default=["01"], metavar="LABEL",
                         help="subject labels (default: 01)")
-    parser.add_argument("--sessions", nargs="*", type=_label, default=["01"], metavar="LABEL",
+    parser.add_argument("--sessions", nargs="*", type=_SESSION, default=["01"], metavar="LABEL",
                         help="session labels (default: 01; give the flag without labels for "
                              "no session level)")
-    parser.add_argument("--runs", nargs="+", type=_run_index, default=[1], metavar="N",
+    parser.add_argument("--runs", nargs="+", type=positive_int, default=[1], metavar="N",
                         help="run indices (default: 1)")
     parser.add_argument("--resolution", type=float, choices=[1.0, 2.0], default=2.0,
                         help="isotropic voxel size in mm (default: 2)")
-    parser.add_argument("--snr", type=_positive_float, default=30.0,
+    parser.add_argument("--snr", type=positive_float, default=30.0,
                         help="SNR = mean WM signal of contrast 5 / noise sigma (default: 30)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--layout", choices=["3d", "4d"], default="3d",

@@ -39,25 +39,34 @@ def output_path(value: str) -> Path:
     return Path(value).expanduser().resolve()
 
 
-def positive_int(value: str) -> int:
-    """An integer >= 1."""
+def _int_at_least(value: str, minimum: int, wording: str) -> int:
     try:
         number = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+        raise argparse.ArgumentTypeError(f"expected {wording}, got {value!r}") from None
+    if number < minimum:
+        raise argparse.ArgumentTypeError(f"expected {wording}, got {value!r}")
     return number
+
+
+def positive_int(value: str) -> int:
+    """An integer >= 1."""
+    return _int_at_least(value, 1, "a positive integer")
 
 
 def non_negative_int(value: str) -> int:
     """An integer >= 0."""
+    return _int_at_least(value, 0, "an integer >= 0")
+
+
+def positive_float(value: str) -> float:
+    """A number > 0."""
     try:
-        number = int(value)
+        number = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}")
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}") from None
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}")
     return number
 
 

@@ -42,6 +42,7 @@ from .errors import QalasInputError
 from .results import FitResult
 from .signal_model import N_CONTRASTS, qalas_magnitude
 from .timing import SequenceTiming
+from .voxel_inputs import validate_voxels
 
 LOGGER = logging.getLogger("qalas_bids")
 
@@ -298,26 +299,6 @@ class CoarseSpec:
     n_ie: int = 6
 
 
-def _validate_inputs(magnitudes: Any, b1: Any) -> tuple[np.ndarray, np.ndarray]:
-    mags = np.asarray(magnitudes, dtype=np.float64)
-    if mags.ndim != 2 or mags.shape[1] != N_CONTRASTS:
-        raise QalasInputError(f"dictionary fit expects magnitudes of shape (N, 5), got {mags.shape}")
-    if not np.all(np.isfinite(mags)):
-        raise QalasInputError("QALAS magnitudes contain NaN/Inf: check the input images (or the mask)")
-    if np.any(mags < 0):
-        raise QalasInputError("QALAS magnitudes contain negative values: pass magnitude images")
-    if b1 is None:
-        LOGGER.warning("No B1 map: dictionary fit with B1 = 1 (T2 and IE are biased where B1 != 1).")
-        b1_arr = np.ones(mags.shape[0])
-    else:
-        b1_arr = np.asarray(b1, dtype=np.float64).reshape(-1)
-        if b1_arr.shape[0] != mags.shape[0]:
-            raise QalasInputError(f"B1 has {b1_arr.shape[0]} values but there are {mags.shape[0]} voxels")
-        if not np.all(np.isfinite(b1_arr)) or np.any(b1_arr <= 0):
-            raise QalasInputError("B1 values must be finite and positive (relative B1, 1 = nominal)")
-    return mags, b1_arr
-
-
 def fit_dictionary(
     magnitudes: np.ndarray,
     b1: np.ndarray | None,
@@ -345,7 +326,9 @@ def fit_dictionary(
     0.65-1.35 for the paper grid). Returns float32 T1/T2 (s), PD (input units), IE.
     """
     t_start = time.perf_counter()
-    mags, b1_arr = _validate_inputs(magnitudes, b1)
+    mags, b1_arr, input_warnings = validate_voxels(magnitudes, b1)
+    for warning in input_warnings:
+        LOGGER.warning("Dictionary fit: %s.", warning)
     if search is None:
         search = "coarse-to-fine" if grid is None else "brute"
     if search not in ("brute", "coarse-to-fine"):
@@ -436,6 +419,7 @@ def fit_dictionary(
     wall = time.perf_counter() - t_start
     info = {
         "method": "dictionary",
+        "warnings": input_warnings,
         "search": search,
         "device": str(dev),
         "n_voxels": int(n),

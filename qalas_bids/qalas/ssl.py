@@ -35,6 +35,7 @@ from .pretrained import load_model
 from .results import FitResult
 from .signal_model import qalas_magnitude
 from .timing import SequenceTiming
+from .voxel_inputs import validate_voxels
 
 LOGGER = logging.getLogger("qalas_bids")
 
@@ -48,32 +49,6 @@ SCALE_PERCENTILE = 99.0
 def model_magnitudes(params: torch.Tensor, b1: torch.Tensor, timing: SequenceTiming) -> torch.Tensor:
     """``|S_k|`` ``(N, 5)`` for ``params (N, 4)`` = T1 [s], T2 [s], PD, IE and ``b1 (N,)``."""
     return qalas_magnitude(params[:, 0], params[:, 1], params[:, 2], params[:, 3], b1, timing)
-
-
-def _validate(magnitudes: np.ndarray, b1: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    warnings: list[str] = []
-    mags = np.asarray(magnitudes)
-    if mags.ndim != 2 or mags.shape[1] != 5:
-        raise QalasInputError(f"magnitudes must have shape (N, 5), got {mags.shape}")
-    if mags.shape[0] == 0:
-        raise QalasInputError("no voxels to fit (empty mask?)")
-    if not np.isfinite(mags).all():
-        raise QalasInputError(f"{int((~np.isfinite(mags)).sum())} NaN/Inf values in the QALAS magnitudes: "
-                              "mask them out or fix the images")
-    if (mags < 0).any():
-        raise QalasInputError("negative values in the QALAS images: the fit expects magnitude images "
-                              "(not real/phase or PSIR data)")
-    if b1 is None:
-        warnings.append("no B1 map: fitting with B1 = 1; T2 and IE will be biased where B1 != 1")
-        b1v = np.ones(mags.shape[0])
-    else:
-        b1v = np.asarray(b1, dtype=np.float64).reshape(-1)
-        if b1v.shape[0] != mags.shape[0]:
-            raise QalasInputError(f"B1 has {b1v.shape[0]} voxels but the magnitudes have {mags.shape[0]}")
-        if not np.isfinite(b1v).all() or (b1v <= 0).any():
-            raise QalasInputError("B1 map has NaN/Inf or non-positive values inside the mask: "
-                                  "clip it to [0.65, 1.35] and fill holes")
-    return mags, b1v, warnings
 
 
 def _auto_batch(n: int, batch_size: int | None) -> int:
@@ -256,7 +231,7 @@ def fit_ssl(
     if mode not in MODES:
         raise QalasInputError(f"unknown SSL mode {mode!r}: choose one of {MODES}")
     t_start = time.perf_counter()
-    mags, b1v, warnings = _validate(magnitudes, b1)
+    mags, b1v, warnings = validate_voxels(magnitudes, b1)
     dev = resolve_device(device)
     old_threads = torch.get_num_threads()
     if num_threads:
