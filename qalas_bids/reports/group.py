@@ -25,7 +25,7 @@ from ..bids.derivatives import atomic_write_text, write_json
 from ..qalas.errors import QalasInputError
 from .collect import MAP_SUFFIXES, find_runs
 from .participant import render_page
-from .summaries import MAP_UNITS, RESIDUAL_FLAG, TISSUES, load_run, run_summary
+from .summaries import MAP_UNITS, RESIDUAL_FLAG, TISSUES, column_dictionary, load_run, run_summary
 
 TSV_NAME = "group_T1T2PDIE.tsv"
 OUTLIER_Z = 3.5
@@ -49,23 +49,20 @@ def data_dictionary(columns: list[str], tissue_source: str) -> dict[str, dict[st
         "qc_outlier_columns": {"Description": f"columns whose robust z-score across runs exceeds {OUTLIER_Z} "
                                "(0.6745*(x - median)/MAD; only with at least 4 runs); n/a if none"},
     }
-    out = {}
-    for col in columns:
-        if col in fixed:
-            out[col] = fixed[col]
-            continue
+
+    def describe(col: str) -> dict[str, str] | None:
         parts = col.split("_")
         if col.startswith("n_voxels_"):
-            out[col] = {"Description": f"number of {parts[-1]} voxels. {tissue_source}"}
-        elif col.startswith("crlb_rel_"):
-            out[col] = {"Description": f"median CRLB standard deviation of {parts[2]} relative to {parts[2]} "
-                        "in WM and GM", "Units": "1"}
-        elif parts[0] in MAP_SUFFIXES:
+            return {"Description": f"number of {parts[-1]} voxels. {tissue_source}"}
+        if col.startswith("crlb_rel_"):
+            return {"Description": f"median CRLB standard deviation of {parts[2]} relative to {parts[2]} "
+                    "in WM and GM", "Units": "1"}
+        if parts[0] in MAP_SUFFIXES:
             stat = "median" if parts[-1] == "median" else "interquartile range"
-            out[col] = {"Description": f"{stat} of {parts[0]} in {parts[1]}", "Units": MAP_UNITS[parts[0]]}
-        else:
-            out[col] = {"Description": col}
-    return out
+            return {"Description": f"{stat} of {parts[0]} in {parts[1]}", "Units": MAP_UNITS[parts[0]]}
+        return None
+
+    return column_dictionary(columns, fixed, describe)
 
 
 def flag_outliers(table: pd.DataFrame) -> pd.DataFrame:

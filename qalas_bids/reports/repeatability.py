@@ -23,7 +23,7 @@ from ..bids.derivatives import atomic_write_text, write_json
 from ..qalas.repeatability import voxelwise_rmse, within_subject_cov
 from ..qalas.tissue import LABELS
 from .collect import MAP_SUFFIXES, RunDerivatives
-from .summaries import MAP_UNITS, TISSUES, LoadedRun, load_run
+from .summaries import MAP_UNITS, TISSUES, LoadedRun, column_dictionary, load_run
 
 TSV_NAME = "group_repeatability.tsv"
 METHOD_NOTE = ("Later runs were resampled to the first run's grid using the image affines only "
@@ -115,25 +115,22 @@ def data_dictionary(columns: Sequence[str]) -> dict[str, dict[str, str]]:
         "n_voxels_compared": {"Description": "voxels of the tissue (reference run) inside every "
                               "later run's resampled mask, used for the RMSE"},
     }
-    out = {}
-    for col in columns:
-        if col in fixed:
-            out[col] = fixed[col]
-            continue
+
+    def describe(col: str) -> dict[str, str] | None:
         suffix, stat = col.split("_", 1)
         units = MAP_UNITS.get(suffix, "")
         if stat == "median_mean":
-            out[col] = {"Description": f"mean over runs of the median {suffix} in the tissue", "Units": units}
-        elif stat == "wcov":
-            out[col] = {"Description": f"within-subject coefficient of variation of the median {suffix} "
-                        "across runs: sample SD (ddof=1) / mean", "Units": "1"}
-        elif stat == "rmse":
-            out[col] = {"Description": f"voxel-wise RMSE of {suffix} between the first run and each later "
-                        f"run (RMS over later runs), in the tissue of the first run. {METHOD_NOTE}",
-                        "Units": units}
-        else:
-            out[col] = {"Description": col}
-    return out
+            return {"Description": f"mean over runs of the median {suffix} in the tissue", "Units": units}
+        if stat == "wcov":
+            return {"Description": f"within-subject coefficient of variation of the median {suffix} "
+                    "across runs: sample SD (ddof=1) / mean", "Units": "1"}
+        if stat == "rmse":
+            return {"Description": f"voxel-wise RMSE of {suffix} between the first run and each later "
+                    f"run (RMS over later runs), in the tissue of the first run. {METHOD_NOTE}",
+                    "Units": units}
+        return None
+
+    return column_dictionary(columns, fixed, describe)
 
 
 def html_section(table: pd.DataFrame) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -141,3 +141,10 @@ def run_summary(loaded: LoadedRun) -> dict[str, Any]:
     row["qc_no_b1"] = int(loaded.run.b1 is None)
     row["qc_high_residual"] = int(np.isfinite(row["residual_median"]) and row["residual_median"] > RESIDUAL_FLAG)
     return row
+
+
+def column_dictionary(columns: Sequence[str], fixed: dict[str, dict[str, str]],
+                      describe: Callable[[str], dict[str, str] | None]) -> dict[str, dict[str, str]]:
+    """BIDS-style JSON data dictionary of TSV ``columns``: ``fixed`` entries first, then
+    ``describe(column)`` for the others (``{"Description": column}`` when it returns None)."""
+    return {col: fixed.get(col) or describe(col) or {"Description": col} for col in columns}
