@@ -143,6 +143,14 @@ def _jacobian(q: torch.Tensor, fn) -> tuple[torch.Tensor, torch.Tensor]:
     return value, torch.stack(columns, dim=-1)
 
 
+CONVERGED_RTOL = 1e-4  # relative cost decrease below which a voxel stops refining
+
+
+def _model_from_log(q: torch.Tensor, b1: torch.Tensor, timing: SequenceTiming) -> torch.Tensor:
+    """Magnitudes for parameters ``q = (log T1, log T2, log PD, IE)``."""
+    return qalas_magnitude(q[:, 0].exp(), q[:, 1].exp(), q[:, 2].exp(), q[:, 3], b1, timing)
+
+
 @torch.no_grad()
 def refine_least_squares(params: torch.Tensor, targets: torch.Tensor, b1: torch.Tensor,
                          timing: SequenceTiming, *, steps: int = 8, pd_max: float,
@@ -158,39 +166,46 @@ def refine_least_squares(params: torch.Tensor, targets: torch.Tensor, b1: torch.
     hi = torch.tensor([math.log(5.0), math.log(2.5), math.log(pd_max), 1.0], dtype=params.dtype,
                       device=params.device)
     out = torch.empty_like(params)
-    cost_before, cost_after = 0.0, 0.0
+    cost_before, cost_after, unconverged = 0.0, 0.0, 0
+    eye = torch.eye(4, dtype=params.dtype, device=params.device)
     for first in range(0, params.shape[0], chunk):
         sl = slice(first, first + chunk)
         y, bb = targets[sl], b1[sl]
 
-        def fn(q: torch.Tensor) -> torch.Tensor:
-            return qalas_magnitude(q[:, 0].exp(), q[:, 1].exp(), q[:, 2].exp(), q[:, 3], bb, timing)
-
         p = params[sl]
         q = torch.stack([p[:, 0].log(), p[:, 1].log(), p[:, 2].log(), p[:, 3]], dim=1)
         q = torch.maximum(torch.minimum(q, hi), lo)
-        cost = (fn(q) - y).square().sum(1)
+        cost = (_model_from_log(q, bb, timing) - y).square().sum(1)
         cost_before += float(cost.sum())
         lam = torch.full_like(cost, 1e-2)
-        eye = torch.eye(4, dtype=q.dtype, device=q.device)
+        active = torch.arange(q.shape[0], device=q.device)
         for _ in range(steps):
-            value, jac = _jacobian(q, fn)
-            r = value - y
+            if active.numel() == 0:
+                break
+            qa, ya, ba, ca, la = q[active], y[active], bb[active], cost[active], lam[active]
+            value, jac = _jacobian(qa, lambda x: _model_from_log(x, ba, timing))
+            r = value - ya
             jtj = jac.transpose(1, 2) @ jac
             grad = (jac.transpose(1, 2) @ r.unsqueeze(-1)).squeeze(-1)
             diag = torch.diagonal(jtj, dim1=1, dim2=2)
-            damped = jtj + (lam[:, None] * diag + 1e-10 * diag.sum(1, keepdim=True) + 1e-20).unsqueeze(-1) * eye
+            damped = jtj + (la[:, None] * diag + 1e-10 * diag.sum(1, keepdim=True) + 1e-20).unsqueeze(-1) * eye
             delta, info = torch.linalg.solve_ex(damped, -grad)
-            cand = torch.maximum(torch.minimum(q + delta, hi), lo)
-            new_cost = (fn(cand) - y).square().sum(1)
-            accept = (new_cost < cost) & (info == 0) & torch.isfinite(new_cost)
-            q = torch.where(accept[:, None], cand, q)
-            cost = torch.where(accept, new_cost, cost)
-            lam = torch.where(accept, lam / 3, lam * 4).clamp(1e-6, 1e6)
+            cand = torch.maximum(torch.minimum(qa + delta, hi), lo)
+            new_cost = (_model_from_log(cand, ba, timing) - ya).square().sum(1)
+            accept = (new_cost < ca) & (info == 0) & torch.isfinite(new_cost)
+            q[active] = torch.where(accept[:, None], cand, qa)
+            cost[active] = torch.where(accept, new_cost, ca)
+            lam[active] = torch.where(accept, la / 3, la * 4).clamp(1e-6, 1e6)
+            # Converged: an accepted step that lowered the cost by < CONVERGED_RTOL (far below
+            # the noise), or a voxel whose damping hit the ceiling without progress.
+            done = (accept & (ca - new_cost <= CONVERGED_RTOL * ca)) | (~accept & (la * 4 >= 1e6))
+            active = active[~done]
         cost_after += float(cost.sum())
+        unconverged += int(active.numel())
         out[sl] = torch.stack([q[:, 0].exp(), q[:, 1].exp(), q[:, 2].exp(), q[:, 3]], dim=1)
     n = max(params.shape[0], 1)
-    return out, {"mean_cost_before": cost_before / n, "mean_cost_after": cost_after / n}
+    return out, {"mean_cost_before": cost_before / n, "mean_cost_after": cost_after / n,
+                 "unconverged_fraction": unconverged / n}
 
 
 def fit_ssl(
