@@ -102,7 +102,8 @@ class Settings:
             model_path=Path(opts.model).absolute() if getattr(opts, "model", None) else None,
             force_model=bool(getattr(opts, "force_model", False)),
             save_model_dir=Path(opts.save_model).absolute() if getattr(opts, "save_model", None) else None,
-            synth_contrasts=tuple(opts.synth_contrasts) if opts.synth_contrasts else None,
+            synth_contrasts=(tuple(dict.fromkeys(n for group in opts.synth_contrasts for n in group))
+                             if opts.synth_contrasts else None),
             synth_params=opts.synth_params,
             nprocs=nprocs,
             omp_nthreads=opts.omp_nthreads or min(8, nprocs),

@@ -37,6 +37,13 @@ def test_defaults(bids, tmp_path):
     assert one.plugin == "Linear"
 
 
+@pytest.mark.parametrize("words", [["T1w,FLAIR"], ["T1w", "FLAIR"], ["T1w,FLAIR", "T1w"]])
+def test_synth_contrasts_space_or_comma_separated(bids, tmp_path, words):
+    settings = Settings.from_namespace(parse_args([str(bids), str(tmp_path / "out"), "participant",
+                                                   "--synth-contrasts", *words]))
+    assert settings.synth_contrasts == ("T1w", "FLAIR")
+
+
 def test_settings_frozen_and_json(bids, tmp_path):
     settings = Settings.from_namespace(parse_args([str(bids), str(tmp_path / "out"), "participant",
                                                    "--epochs", "5", "--mem", "8G"]))
@@ -65,6 +72,7 @@ def test_plugin_yaml(bids, tmp_path):
     (["--mem", "lots"], "memory"),
     (["--fit-mode", "fast"], "invalid choice"),
     (["--no-b1", "--b1-flip-angle", "80"], "--no-b1"),
+    (["--synth-contrasts", "T1w,MPRAGE"], "invalid choice(s) MPRAGE"),
 ])
 def test_usage_errors_exit_2(bids, tmp_path, capsys, argv_tail, message):
     with pytest.raises(SystemExit) as exc:

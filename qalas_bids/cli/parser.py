@@ -27,13 +27,23 @@ kept in the work directory (default ./work): re-running the same command reuses 
 """
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show ``(default: X)`` only where the help text does not already state the default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``qalas-bids`` argument parser (options grouped as in fMRIPrep)."""
     parser = argparse.ArgumentParser(
         prog="qalas-bids",
         description=_DESCRIPTION,
         epilog=_EPILOG,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("bids_dir", type=v.existing_dir,
                         help="root of the input BIDS dataset (never modified; may be read-only)")
@@ -96,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "sub-X[_ses-Y][_run-Z]_desc-ssl_model.pt, reusable with --model")
 
     g = parser.add_argument_group("Synthetic contrasts")
-    g.add_argument("--synth-contrasts", nargs="+", choices=SYNTHETIC_CONTRASTS, metavar="NAME",
-                   help=f"contrasts to synthesise, among {', '.join(SYNTHETIC_CONTRASTS)} (default: all)")
+    g.add_argument("--synth-contrasts", nargs="+", type=v.name_list(SYNTHETIC_CONTRASTS), metavar="NAME",
+                   help=f"contrasts to synthesise (space- or comma-separated, e.g. T1w,FLAIR), "
+                        f"among {', '.join(SYNTHETIC_CONTRASTS)} (default: all)")
     g.add_argument("--synth-params", type=v.json_file, metavar="FILE",
                    help='JSON overriding TR/TE/TI (seconds) per contrast, e.g. '
                         '{"T1w": {"RepetitionTime": 0.6}}')

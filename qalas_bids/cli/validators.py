@@ -110,6 +110,21 @@ def bids_label(prefix: str):
     return _label
 
 
+def name_list(choices: tuple[str, ...]):
+    """Return a type accepting one name or a comma-separated list of ``choices`` (a list)."""
+
+    def _names(value: str) -> list[str]:
+        names = [item.strip() for item in value.split(",") if item.strip()]
+        unknown = [n for n in names if n not in choices]
+        if not names or unknown:
+            raise argparse.ArgumentTypeError(
+                f"invalid choice(s) {', '.join(unknown) or repr(value)}: choose from {', '.join(choices)}")
+        return names
+
+    _names.__name__ = "name_list"
+    return _names
+
+
 def device_spec(value: str) -> str:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (availability is checked later)."""
     spec = value.strip().lower()
