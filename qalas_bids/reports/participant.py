@@ -104,7 +104,7 @@ def _b1_text(b1: object) -> str:
     if not isinstance(b1, dict):
         return str(b1) if b1 else ""
     files = ", ".join(str(f).rsplit("/", 1)[-1] for f in (b1.get("Files") or {}).values())
-    return f"{b1.get('Kind', '')}: {files} ({b1.get('Reason', '')})"
+    return f"{b1.get('Kind', '')}: {b1.get('Reason') or files}"  # the reason names the files
 
 
 def _run_section(out_dir: Path, loaded: LoadedRun, bids_dir: Path | None, extra_warnings: Sequence[str]) -> str:
