@@ -41,7 +41,8 @@ def export(path: str, resolution: float, snr: float, seed: int) -> None:
     print(f"wrote {path}: {int(mask.sum())} masked voxels of {mask.shape}")
 
 
-def run(path: str, device: str, modes: list[str], seed: int) -> None:
+def run(path: str, device: str, modes: list[str], seed: int, uncertainty: bool = True,
+        refine_steps: int | None = None) -> None:
     from qalas_bids.qalas.fit_volume import fit_volume
     from qalas_bids.qalas.timing import PRESETS
 
@@ -67,8 +68,9 @@ def run(path: str, device: str, modes: list[str], seed: int) -> None:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
+        ssl_options = {} if refine_steps is None or mode == "dictionary" else {"refine_steps": refine_steps}
         fit = fit_volume(qalas, b1, mask, PRESETS["siemens"], method=mode, device=device, seed=seed,
-                         progress=False)
+                         progress=False, with_uncertainty=uncertainty, ssl_options=ssl_options)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         wall = time.perf_counter() - t0
@@ -86,8 +88,11 @@ def run(path: str, device: str, modes: list[str], seed: int) -> None:
             print(f"{mode:<14}{wall:8.1f}{ratio}  {name:<6} " + "".join(f"{c:>22}" for c in cells))
         gpu = (f", GPU peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
                if torch.cuda.is_available() else "")
-        print(f"#   {mode}: epochs {fit.info.get('epochs')}, noise sigma {fit.info.get('noise_sigma'):.3g} "
-              f"(true {sigma:.3g}){gpu}")
+        refine = fit.info.get("refinement") or {}
+        noise = (f"noise sigma {fit.info['noise_sigma']:.3g} (true {sigma:.3g})" if "noise_sigma" in fit.info
+                 else "no uncertainty maps")
+        print(f"#   {mode}: epochs {fit.info.get('epochs')}, training {fit.info.get('training_time_s', 0):.1f} s, "
+              f"refinement {refine.get('time_s', 0):.1f} s, {noise}{gpu}")
 
 
 def main() -> None:
@@ -103,11 +108,13 @@ def main() -> None:
     r.add_argument("--device", default="auto")
     r.add_argument("--modes", nargs="+", default=["dictionary", "scan-specific", "pretrained", "fine-tune"])
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--no-uncertainty", action="store_true", help="skip CRLB/residual/noise maps")
+    r.add_argument("--refine-steps", type=int, default=None, help="SSL per-voxel refinement steps")
     args = parser.parse_args()
     if args.command == "export":
         export(args.path, args.resolution, args.snr, args.seed)
     else:
-        run(args.path, args.device, args.modes, args.seed)
+        run(args.path, args.device, args.modes, args.seed, not args.no_uncertainty, args.refine_steps)
 
 
 if __name__ == "__main__":

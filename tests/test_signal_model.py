@@ -137,3 +137,23 @@ def test_float32_close_to_float64():
     assert s32.dtype == torch.float32
     rel = (s32.double() - s64).abs().amax(-1) / s64.abs().amax(-1)
     assert (rel < 1e-5).all()
+
+
+def test_voxelwise_jacobian_matches_finite_differences():
+    from qalas_bids.qalas.signal_model import voxelwise_jacobian
+
+    params = torch.tensor([[0.85, 0.075, 0.7, 0.9], [1.35, 0.095, 0.8, 0.85], [4.2, 1.8, 1.0, 0.98]],
+                          dtype=F64)
+    b1 = torch.tensor([1.0, 0.9, 1.1], dtype=F64)
+    fn = lambda p: qalas_magnitude(*p.unbind(-1), b1, SIEMENS)  # noqa: E731
+    with torch.no_grad():  # must work inside no_grad, as in the fitting code
+        values, jac = voxelwise_jacobian(fn, params)
+    assert torch.allclose(values, fn(params))
+    assert jac.shape == (3, 5, 4)
+    for j in range(4):
+        h = 1e-6 * params[:, j]
+        up, down = params.clone(), params.clone()
+        up[:, j] += h
+        down[:, j] -= h
+        fd = (fn(up) - fn(down)) / (2 * h[:, None])
+        assert torch.allclose(jac[:, :, j], fd, rtol=1e-5, atol=1e-9)

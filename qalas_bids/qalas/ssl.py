@@ -33,7 +33,7 @@ from .errors import QalasInputError
 from .network import NetworkConfig, QalasNet, network_inputs, robust_scale
 from .pretrained import load_model
 from .results import FitResult
-from .signal_model import qalas_magnitude
+from .signal_model import qalas_magnitude, voxelwise_jacobian
 from .timing import SequenceTiming
 from .voxel_inputs import validate_voxels
 
@@ -128,21 +128,6 @@ def predict(net: QalasNet, inputs: torch.Tensor, chunk: int = 262144) -> torch.T
     return torch.cat([net(inputs[i:i + chunk]) for i in range(0, inputs.shape[0], chunk)])
 
 
-def _jacobian(q: torch.Tensor, fn) -> tuple[torch.Tensor, torch.Tensor]:
-    """Values ``(N, 5)`` and Jacobian ``(N, 5, 4)`` of ``fn(q)`` via forward-mode AD."""
-    import torch.autograd.forward_ad as fwad
-    columns, value = [], None
-    for j in range(q.shape[1]):
-        tangent = torch.zeros_like(q)
-        tangent[:, j] = 1.0
-        with fwad.dual_level():
-            out = fn(fwad.make_dual(q, tangent))
-            primal, tan = fwad.unpack_dual(out)
-        value = primal
-        columns.append(tan)
-    return value, torch.stack(columns, dim=-1)
-
-
 CONVERGED_RTOL = 1e-4  # relative cost decrease below which a voxel stops refining
 
 
@@ -183,7 +168,7 @@ def refine_least_squares(params: torch.Tensor, targets: torch.Tensor, b1: torch.
             if active.numel() == 0:
                 break
             qa, ya, ba, ca, la = q[active], y[active], bb[active], cost[active], lam[active]
-            value, jac = _jacobian(qa, lambda x: _model_from_log(x, ba, timing))
+            value, jac = voxelwise_jacobian(lambda x: _model_from_log(x, ba, timing), qa)
             r = value - ya
             jtj = jac.transpose(1, 2) @ jac
             grad = (jac.transpose(1, 2) @ r.unsqueeze(-1)).squeeze(-1)

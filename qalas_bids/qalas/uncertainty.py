@@ -22,7 +22,7 @@ from scipy import ndimage
 from .device import resolve_device
 from .errors import QalasInputError
 from .results import PARAMETERS
-from .signal_model import N_CONTRASTS, qalas_magnitude
+from .signal_model import N_CONTRASTS, qalas_magnitude, voxelwise_jacobian
 from .timing import SequenceTiming
 
 LOGGER = logging.getLogger("qalas_bids")
@@ -133,12 +133,9 @@ def crlb_std(
     step = _chunk(dev)
     for c0 in range(0, n, step):
         sl = slice(c0, c0 + step)
-        params = torch.stack([t1_t[sl], t2_t[sl], pd_t[sl], ie_t[sl]], dim=-1).clone().requires_grad_(True)
-        mags = qalas_magnitude(*params.unbind(-1), b1_t[sl], timing)
-        # Voxels are independent: the gradient of the summed k-th magnitude is row k of J.
-        rows = [torch.autograd.grad(mags[:, k].sum(), params, retain_graph=k < N_CONTRASTS - 1)[0]
-                for k in range(N_CONTRASTS)]
-        jac = torch.stack(rows, dim=1)  # (n, 5, 4)
+        params = torch.stack([t1_t[sl], t2_t[sl], pd_t[sl], ie_t[sl]], dim=-1)
+        b1_chunk = b1_t[sl]
+        _, jac = voxelwise_jacobian(lambda p: qalas_magnitude(*p.unbind(-1), b1_chunk, timing), params)  # (n, 5, 4)
         fisher = jac.transpose(1, 2) @ jac / sigma ** 2
         # Scale to unit diagonal before inverting (parameters differ by orders of magnitude).
         d = torch.sqrt(torch.diagonal(fisher, dim1=1, dim2=2))
