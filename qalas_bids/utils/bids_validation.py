@@ -5,6 +5,7 @@ import json
 import logging
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from ..qalas.errors import QalasInputError
@@ -27,7 +28,8 @@ def validate_bids(bids_dir: Path, timeout_s: float = 600.0) -> list[str]:
     only concern QALAS files (not yet in the BIDS specification) are logged, not fatal.
     The validator ships its schema, so this works offline.
     """
-    exe = shutil.which(VALIDATOR)
+    # Also look beside the interpreter: `.venv/bin/qalas-bids` runs without an activated venv.
+    exe = shutil.which(VALIDATOR) or shutil.which(VALIDATOR, path=str(Path(sys.executable).parent))
     if exe is None:
         LOGGER.info("%s not found on PATH: BIDS validation skipped (pybids and qalas-bids' own "
                     "checks still run)", VALIDATOR)
