@@ -277,10 +277,9 @@ def test_missing_manufacturer_names_vendor_preset(fake):
 
 @pytest.mark.slow
 def test_demo_dataset_is_discovered(tmp_path):
-    demo = pytest.importorskip("qalas_bids.qalas.demo_dataset")
-    if not hasattr(demo, "write_demo_dataset"):
-        pytest.skip("write_demo_dataset not available yet")
-    root = Path(demo.write_demo_dataset(tmp_path / "demo", runs=(1, 2), resolution=4.0))
+    from qalas_bids.qalas.demo_dataset import write_demo_dataset
+
+    root = Path(write_demo_dataset(tmp_path / "demo", runs=(1, 2), resolution=4.0))
     runs = collect_qalas_runs(root)
     assert [(r.session, r.run) for r in runs] == [("01", "1"), ("01", "2")]
     for run in runs:
