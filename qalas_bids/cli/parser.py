@@ -8,9 +8,9 @@ import argparse
 from pathlib import Path
 
 from .. import __version__
+from ..qalas.fit_volume import METHODS as FIT_MODES
 from . import validators as v
 
-FIT_MODES = ("scan-specific", "pretrained", "fine-tune", "dictionary")
 VENDOR_PRESETS = ("siemens", "ge", "philips")
 SYNTHETIC_CONTRASTS = ("T1w", "T2w", "PDw", "FLAIR", "DIR", "PSIR", "STIR")
 

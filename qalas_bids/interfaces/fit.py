@@ -9,13 +9,12 @@ import numpy as np
 from nipype.interfaces.base import (BaseInterfaceInputSpec, File, SimpleInterface,
                                     TraitedSpec, isdefined, traits)
 
+from ..qalas.fit_volume import MAP_KEYS
+from ..qalas.fit_volume import METHODS as FIT_MODES
 from ..qalas.timing import SequenceTiming
 from ..utils.images import first_volume, save_like
 from ..utils.metadata import fit_sidecar_metadata
 
-#: Keys of ``VolumeFit.maps`` in output order (units: s, s, a.u., 1, same for crlb, 1).
-MAP_KEYS = ("t1", "t2", "pd", "ie", "crlb_t1", "crlb_t2", "crlb_pd", "crlb_ie", "residual")
-FIT_MODES = ("scan-specific", "pretrained", "fine-tune", "dictionary")
 
 
 class _FitQalasInputSpec(BaseInterfaceInputSpec):
