@@ -27,7 +27,6 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from qalas_bids import __version__

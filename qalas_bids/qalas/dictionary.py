@@ -40,7 +40,7 @@ import torch
 from .device import resolve_device
 from .errors import QalasInputError
 from .results import FitResult
-from .signal_model import N_CONTRASTS, qalas_magnitude
+from .signal_model import qalas_magnitude
 from .timing import SequenceTiming
 from .voxel_inputs import validate_voxels
 

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import html
 import io
-import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,7 +23,7 @@ from ..bids.derivatives import atomic_write_text, write_json
 from ..qalas.errors import QalasInputError
 from .collect import MAP_SUFFIXES, find_runs
 from .participant import render_page
-from .summaries import MAP_UNITS, RESIDUAL_FLAG, TISSUES, column_dictionary, load_run, run_summary
+from .summaries import MAP_UNITS, RESIDUAL_FLAG, TISSUES, column_dictionary, html_table, load_run, run_summary
 
 TSV_NAME = "group_T1T2PDIE.tsv"
 OUTLIER_Z = 3.5
@@ -109,17 +107,8 @@ def _strip_plots(table: pd.DataFrame, flags: pd.DataFrame, path: Path) -> Path:
 def _html_table(table: pd.DataFrame, flags: pd.DataFrame) -> str:
     shown = ["participant_id", "session_id", "run"] + [c for c in table.columns if c.endswith("_median")] + [
         "qc_no_b1", "qc_high_residual"]
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in shown)
-    rows = []
-    for idx, row in table.iterrows():
-        cells = []
-        for c in shown:
-            v = row[c]
-            text = f"{v:.4g}" if isinstance(v, float) and math.isfinite(v) else str(v)
-            cls = " class='outlier'" if c in flags and flags.at[idx, c] else ""
-            cells.append(f"<td{cls}>{html.escape(text)}</td>")
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<div style='overflow-x:auto'><table><tr>{head}</tr>{''.join(rows)}</table></div>"
+    outlier = lambda idx, col: "outlier" if col in flags and flags.at[idx, col] else ""  # noqa: E731
+    return f"<div style='overflow-x:auto'>{html_table(table, shown, cell_class=outlier)}</div>"
 
 
 def run_group_level(output_dir: str | Path, derivatives_dir: str | Path | None = None) -> dict[str, Path]:

@@ -23,7 +23,7 @@ from ..bids.derivatives import atomic_write_text, write_json
 from ..qalas.repeatability import voxelwise_rmse, within_subject_cov
 from ..qalas.tissue import LABELS
 from .collect import MAP_SUFFIXES, RunDerivatives
-from .summaries import MAP_UNITS, TISSUES, LoadedRun, column_dictionary, load_run
+from .summaries import MAP_UNITS, TISSUES, LoadedRun, column_dictionary, html_table, load_run
 
 TSV_NAME = "group_repeatability.tsv"
 METHOD_NOTE = ("Later runs were resampled to the first run's grid using the image affines only "
@@ -141,19 +141,11 @@ def html_section(table: pd.DataFrame) -> str:
     shown = ["participant_id", "tissue", "n_runs"] + [f"{s}_wcov" for s in MAP_SUFFIXES] + [
         f"{s}_rmse" for s in MAP_SUFFIXES]
     shown = [c for c in shown if c in table]
-    cells = "".join(f"<th>{html.escape(c)}</th>" for c in shown)
-    rows = []
-    for _, row in table.iterrows():
-        values = []
-        for c in shown:
-            v = row[c]
-            text = (f"{100 * v:.2f} %" if c.endswith("_wcov") else f"{v:.4g}") if isinstance(v, float) and math.isfinite(v) else str(v)
-            values.append(f"<td>{html.escape(text)}</td>")
-        rows.append("<tr>" + "".join(values) + "</tr>")
+    fmt = lambda col, v: f"{100 * v:.2f} %" if col.endswith("_wcov") else f"{v:.4g}"  # noqa: E731
     return (head + f"<p>{table['participant_id'].nunique()} participant(s) with repeated runs. Within-subject "
             "CoV of the tissue medians across runs and voxel-wise RMSE between runs (map units).</p>"
             f"<p class='note'>{html.escape(METHOD_NOTE)}</p>"
-            f"<div style='overflow-x:auto'><table><tr>{cells}</tr>{''.join(rows)}</table></div>"
+            f"<div style='overflow-x:auto'>{html_table(table, shown, fmt=fmt)}</div>"
             f"<p>Full table: <a href='{TSV_NAME}'>{TSV_NAME}</a>.</p>")
 
 

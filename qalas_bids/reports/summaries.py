@@ -4,10 +4,13 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import nibabel as nib
 import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from ..qalas.tissue import LABELS, classify_tissues
 from .collect import MAP_SUFFIXES, RunDerivatives
@@ -148,3 +151,24 @@ def column_dictionary(columns: Sequence[str], fixed: dict[str, dict[str, str]],
     """BIDS-style JSON data dictionary of TSV ``columns``: ``fixed`` entries first, then
     ``describe(column)`` for the others (``{"Description": column}`` when it returns None)."""
     return {col: fixed.get(col) or describe(col) or {"Description": col} for col in columns}
+
+
+def html_table(table: "pd.DataFrame", columns: Sequence[str],
+               fmt: Callable[[str, float], str] = lambda col, v: f"{v:.4g}",
+               cell_class: Callable[[Any, str], str] = lambda idx, col: "") -> str:
+    """HTML ``<table>`` of ``columns`` of ``table``: finite floats through ``fmt(column, value)``,
+    other values as text; ``cell_class(row_index, column)`` names a CSS class (or "")."""
+    import html
+    import math
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    rows = []
+    for idx, row in table.iterrows():
+        cells = []
+        for col in columns:
+            value = row[col]
+            text = fmt(col, value) if isinstance(value, float) and math.isfinite(value) else str(value)
+            cls = cell_class(idx, col)
+            cells.append(f"<td{f' class={cls!r}' if cls else ''}>{html.escape(text)}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"

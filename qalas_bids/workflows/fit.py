@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import nibabel as nib
 from nipype.interfaces import utility as niu
