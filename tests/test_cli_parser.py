@@ -92,6 +92,20 @@ def test_output_inside_bids_and_not_bids(bids, tmp_path, capsys):
     assert "dataset_description.json" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("content, message", [
+    ('{"qalas": "01"}', "must map entity names"),
+    ('{"anat": {"session": "01"}}', "unknown key"),
+    ("{not json", "not valid JSON"),
+])
+def test_bad_bids_filter_file_exits_2(bids, tmp_path, capsys, content, message):
+    bad = tmp_path / "filter.json"
+    bad.write_text(content)
+    with pytest.raises(SystemExit) as exc:
+        parse_args([str(bids), str(tmp_path / "out"), "participant", "--bids-filter-file", str(bad)])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_memory_units():
     assert v.memory_gb("16G") == 16 and v.memory_gb("16GB") == 16
     assert v.memory_gb("8000M") == pytest.approx(8) and v.memory_gb("1T") == 1000

@@ -146,14 +146,17 @@ def json_file(value: str) -> dict[str, Any]:
 
 
 def bids_filter_file(value: str) -> dict[str, Any]:
-    """fMRIPrep-style filter file: ``{"qalas": {...}, "b1": {...}}`` of pybids entities."""
+    """fMRIPrep-style filter file: ``{"qalas": {...}, "b1": {...}}`` of pybids entities.
+
+    Checked at parse time by the same validator discovery uses (exit 2 on a bad file)."""
+    from ..bids.layout import validate_bids_filters
+    from ..qalas.errors import QalasInputError
+
     data = json_file(value)
-    for key, query in data.items():
-        if not isinstance(query, dict):
-            raise argparse.ArgumentTypeError(
-                f"{value}: entry {key!r} must be an object of BIDS entities, e.g. "
-                '{"qalas": {"session": "01"}}'
-            )
+    try:
+        validate_bids_filters(data, source=value)
+    except QalasInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return data
 
 
