@@ -133,13 +133,17 @@ def device_spec(value: str) -> str:
     return spec
 
 
+def _parse_file(value: str, loads: Any, error: type[Exception], kind: str) -> Any:
+    """Read the existing file ``value`` and parse it with ``loads`` (``error`` -> usage error)."""
+    try:
+        return loads(existing_file(value).read_text())
+    except error as exc:
+        raise argparse.ArgumentTypeError(f"{value} is not valid {kind}: {exc}") from None
+
+
 def json_file(value: str) -> dict[str, Any]:
     """A JSON file holding an object (e.g. ``--bids-filter-file``), returned parsed."""
-    path = existing_file(value)
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"{value} is not valid JSON: {exc}") from None
+    data = _parse_file(value, json.loads, json.JSONDecodeError, "JSON")
     if not isinstance(data, dict):
         raise argparse.ArgumentTypeError(f"{value} must hold a JSON object")
     return data
@@ -164,11 +168,7 @@ def plugin_file(value: str) -> dict[str, Any]:
     """Nipype plugin YAML with ``plugin`` (name) and optional ``plugin_args`` (mapping)."""
     import yaml  # nipype depends on PyYAML
 
-    path = existing_file(value)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise argparse.ArgumentTypeError(f"{value} is not valid YAML: {exc}") from None
+    data = _parse_file(value, yaml.safe_load, yaml.YAMLError, "YAML")
     if not isinstance(data, dict) or not isinstance(data.get("plugin"), str):
         raise argparse.ArgumentTypeError(
             f"{value} must be a YAML mapping with a 'plugin' name (e.g. plugin: SLURMGraph) "
