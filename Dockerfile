@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 #
-# qalas-bids BIDS App image: CUDA-enabled PyTorch + the qalas-bids package.
+# qalas-bids BIDS App image: PyTorch + the qalas-bids package (docs/containers.md).
 #
 #   docker build -t qalas-bids:0.1.0 -t qalas-bids .
 #   docker run --rm --gpus all -u "$(id -u):$(id -g)" \
@@ -8,48 +8,81 @@
 #
 # Without a GPU (or without --gpus all) the same image fits on the CPU.
 # Two stages: "build" installs qalas-bids and its dependencies into a virtual
-# environment that sees the base image's CUDA torch (--system-site-packages, torch
-# pinned by a constraint so pip can never swap it for a CPU wheel); "runtime" copies
-# only that environment, so no source tree or build cache ends up in the image.
+# environment; "runtime" copies only that environment onto the same base, so the
+# venv's python is the runtime's python and no source tree or build cache is in the image.
+#
+# Torch:
+# - default base (pytorch/pytorch, CUDA): the venv sees the base's CUDA torch
+#   (--system-site-packages); torch is pinned by a constraint written from the installed
+#   version so pip can never swap it, and the build fails if torch lost its CUDA build.
+# - a base without torch (e.g. a plain Debian image with python3 + python3-venv, as CI
+#   builds with podman): TORCH_SPEC is installed into the venv first, from the folder
+#   TORCH_FIND_LINKS when given (mount it for the build only, on a folder the base already
+#   has such as /mnt, so that no empty mount point is left in the image), e.g. a CPU wheel:
+#     podman build --build-arg BASE_IMAGE=localhost/debian-py:bookworm \
+#         -v /opt/wheels:/mnt:ro --build-arg TORCH_FIND_LINKS=/mnt \
+#         -t qalas-bids:0.1.0 -t qalas-bids .
+#   With such a base CUDA is not required (REQUIRE_CUDA=auto requires it exactly when the
+#   base image's own torch is a CUDA build; 1 always requires it, 0 never does).
 
 ARG BASE_IMAGE=pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime
 
 # ----------------------------------------------------------------------------- build
 FROM ${BASE_IMAGE} AS build
 
+ARG BASE_IMAGE
+ARG TORCH_SPEC=torch==2.13.0
+ARG TORCH_FIND_LINKS=
+ARG REQUIRE_CUDA=auto
+
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 
-RUN python -m venv --system-site-packages /opt/qalas-venv \
- && python -c "import importlib.metadata as m; print('torch==' + m.version('torch'))" \
-        > /opt/torch-constraint.txt \
- && cat /opt/torch-constraint.txt
+# The base's python (python3 on Debian, python on the pytorch images) makes the venv.
+# Torch: the base's (pinned) or TORCH_SPEC when the base has none. /opt/qalas-build
+# holds the constraint and the CUDA decision; it stays in this stage.
+RUN set -eu \
+ && PY="$(command -v python3 || command -v python || true)" \
+ && if [ -z "$PY" ]; then echo "ERROR: no python3/python in ${BASE_IMAGE}" >&2; exit 1; fi \
+ && mkdir -p /opt/qalas-build \
+ && "$PY" -m venv --system-site-packages /opt/qalas-venv \
+ && base_cuda="" \
+ && if "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is None)"; then \
+        base_cuda="$("$PY" -c "import torch; print(torch.version.cuda or '')")" \
+     && echo "base image torch: $("$PY" -c "import torch; print(torch.__version__)") CUDA: ${base_cuda:-none}"; \
+    else \
+        echo "base image has no torch: installing ${TORCH_SPEC} ${TORCH_FIND_LINKS:+from $TORCH_FIND_LINKS}" \
+     && /opt/qalas-venv/bin/python -m pip install --no-cache-dir \
+            ${TORCH_FIND_LINKS:+--find-links "$TORCH_FIND_LINKS"} "${TORCH_SPEC}"; \
+    fi \
+ && case "${REQUIRE_CUDA}" in \
+        auto) need_cuda="${base_cuda:+1}" ;; \
+        1|true|yes) need_cuda=1 ;; \
+        0|false|no) need_cuda="" ;; \
+        *) echo "ERROR: REQUIRE_CUDA must be auto, 1 or 0, got '${REQUIRE_CUDA}'" >&2; exit 1 ;; \
+    esac \
+ && echo "${need_cuda:-0}" > /opt/qalas-build/require-cuda \
+ && /opt/qalas-venv/bin/python -c "import importlib.metadata as m; print('torch==' + m.version('torch'))" \
+        > /opt/qalas-build/torch-constraint.txt \
+ && echo "torch pin: $(cat /opt/qalas-build/torch-constraint.txt), CUDA required: ${need_cuda:-0}"
 
+# Dependencies first, in a layer that only setup.cfg invalidates (fast rebuilds on code
+# changes); then the package itself.
 WORKDIR /src
+COPY setup.cfg /src/setup.cfg
+RUN /opt/qalas-venv/bin/python -c "import configparser; c = configparser.RawConfigParser(); c.read('setup.cfg'); print(c['options']['install_requires'].strip())" \
+        > /opt/qalas-build/requirements.txt \
+ && /opt/qalas-venv/bin/python -m pip install --no-cache-dir \
+        -c /opt/qalas-build/torch-constraint.txt -r /opt/qalas-build/requirements.txt
+
 COPY . /src
 RUN /opt/qalas-venv/bin/python -m pip install --no-cache-dir \
-        -c /opt/torch-constraint.txt . \
- && /opt/qalas-venv/bin/python -c "import torch, qalas_bids; assert torch.version.cuda, 'torch lost its CUDA build'; print('qalas-bids', qalas_bids.__version__, 'torch', torch.__version__, 'CUDA', torch.version.cuda)"
+        -c /opt/qalas-build/torch-constraint.txt . \
+ && /opt/qalas-venv/bin/python -c "import torch, qalas_bids; need_cuda = open('/opt/qalas-build/require-cuda').read().strip() == '1'; assert torch.version.cuda or not need_cuda, 'torch lost its CUDA build'; print('qalas-bids', qalas_bids.__version__, 'torch', torch.__version__, 'CUDA', torch.version.cuda)"
 
 # --------------------------------------------------------------------------- runtime
 FROM ${BASE_IMAGE} AS runtime
-
-ARG BASE_IMAGE
-ARG VERSION=0.1.0
-ARG BUILD_DATE=unknown
-ARG VCS_REF=unknown
-
-LABEL org.opencontainers.image.title="qalas-bids" \
-      org.opencontainers.image.description="BIDS App: T1/T2/PD/inversion-efficiency maps and synthetic contrasts from 3D-QALAS with self-supervised learning (SSL-QALAS)" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.created="${BUILD_DATE}" \
-      org.opencontainers.image.revision="${VCS_REF}" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.url="https://github.com/qalas-bids/qalas-bids" \
-      org.opencontainers.image.source="https://github.com/qalas-bids/qalas-bids" \
-      org.opencontainers.image.documentation="https://github.com/qalas-bids/qalas-bids/tree/main/docs" \
-      org.opencontainers.image.base.name="${BASE_IMAGE}"
 
 COPY --from=build /opt/qalas-venv /opt/qalas-venv
 
@@ -72,11 +105,34 @@ ENV PATH="/opt/qalas-venv/bin:${PATH}" \
     LANG=C.UTF-8 \
     LC_ALL=C.UTF-8
 
+ARG BASE_IMAGE
+ARG VERSION=0.1.0
+ARG BUILD_DATE=unknown
+ARG VCS_REF=unknown
+
+# The venv's python must be this stage's python (same base image as the build stage).
+# This RUN follows the ARGs on purpose: build arguments are part of a RUN's cache key
+# (podman/buildah ignore them for LABEL), so new metadata is never served from the cache.
 RUN mkdir -p /home/qalas /opt/templateflow \
  && chmod 1777 /home/qalas \
+ && python -c "import sys, torch, qalas_bids; assert sys.prefix == '/opt/qalas-venv', sys.prefix" \
  && python -c "import templateflow.conf" \
  && chmod -R a+rX /opt/templateflow \
- && qalas-bids --version
+ && qalas-bids --version \
+ && qalas-bids --version | grep -qF "${VERSION}" \
+ || { echo "ERROR: image checks failed (build arg VERSION=${VERSION} must be the package version)" >&2; exit 1; }
+
+# Metadata last, so a new BUILD_DATE/VCS_REF leaves the big layers above cached.
+LABEL org.opencontainers.image.title="qalas-bids" \
+      org.opencontainers.image.description="BIDS App: T1/T2/PD/inversion-efficiency maps and synthetic contrasts from 3D-QALAS with self-supervised learning (SSL-QALAS)" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.created="${BUILD_DATE}" \
+      org.opencontainers.image.revision="${VCS_REF}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.url="https://github.com/qalas-bids/qalas-bids" \
+      org.opencontainers.image.source="https://github.com/qalas-bids/qalas-bids" \
+      org.opencontainers.image.documentation="https://github.com/qalas-bids/qalas-bids/tree/main/docs" \
+      org.opencontainers.image.base.name="${BASE_IMAGE}"
 
 WORKDIR /tmp
 ENTRYPOINT ["qalas-bids"]

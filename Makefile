@@ -11,7 +11,7 @@ DEMO_RES ?= 2
 DEMO_SNR ?= 60
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test gpu-test slurm-test container-test bench clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,22 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# GPU tier (needs a CUDA GPU; on a CPU-only machine every test skips with the reason).
+# On an offline GPU machine: make gpu-test GPU_PYTHON=python3 (see scripts/gpu_test.sh).
+GPU_PYTHON ?=
+gpu-test:
+	GPU_PYTHON="$(GPU_PYTHON)" PYTEST_ARGS="$(PYTEST_ARGS)" bash scripts/gpu_test.sh
+
+# A real single-node SLURM cluster (Debian packages, root): array job + group level +
+# nipype's SLURMGraph plugin on a generated dataset.
+slurm-test: install
+	bash scripts/ci/slurm_test.sh
+
+# A real podman build of the Dockerfile on a locally made Debian base, then the image
+# run on the demo (leaves qalas-bids:latest in podman's store).
+container-test:
+	bash scripts/ci/container_test.sh
 
 bench: install
 	$(BIN)/python benchmarks/bench_dictionary.py

@@ -63,6 +63,7 @@ class Settings:
     boilerplate_only: bool = False
     notrack: bool = False
     verbose: int = 0
+    quiet: bool = False
     run_uuid: str = field(default_factory=new_run_uuid)
     version: str = __version__
 
@@ -81,6 +82,8 @@ class Settings:
                 plugin_args["n_procs"] = nprocs
             if opts.mem_gb:
                 plugin_args["memory_gb"] = opts.mem_gb
+        elif plugin == "SLURMGraph" and not plugin_args:
+            plugin_args["dont_resubmit_completed_jobs"] = True  # nipype 1.11 crashes on {}
         return cls(
             bids_dir=Path(opts.bids_dir),
             output_dir=Path(opts.output_dir),
@@ -115,6 +118,7 @@ class Settings:
             boilerplate_only=opts.boilerplate_only,
             notrack=opts.notrack,
             verbose=opts.verbose,
+            quiet=bool(getattr(opts, "quiet", False)),
         )
 
     def replace(self, **changes: Any) -> "Settings":

@@ -201,7 +201,7 @@ def test_layout_database_never_in_bids_dir(tmp_path, fake):
     before = sorted(p.name for p in fake.root.rglob("*"))
     work = tmp_path / "work"
     layout = make_layout(fake.root, work_dir=work)
-    assert (work / "bids_db").is_dir()
+    assert not (work / "bids_db").exists()  # in memory: concurrent runs share no index file
     assert len(collect_qalas_runs(fake.root, layout=layout)) == 1
     assert sorted(p.name for p in fake.root.rglob("*")) == before
     fake.add_qalas(run=2)  # added after indexing: a re-run must see it (no stale index)

@@ -289,3 +289,22 @@ def test_cuda_without_gpu_exits_2(small_bids, tmp_path):
                    env_extra={"CUDA_VISIBLE_DEVICES": ""})
     assert_usage_error(proc, r"--device cuda.*no CUDA GPU")
     assert "--device cpu" in proc.stderr
+
+
+def test_progress_lines_under_multiproc_and_quiet(small_bids, tmp_path):
+    """Progress (phase, epoch, loss, elapsed, ETA) reaches the terminal from MultiProc workers;
+    the stage-timing table ends the run; -q silences both."""
+    env = {"QALAS_BIDS_PROGRESS_INTERVAL": "0.2"}
+    args = ["participant", "--epochs", "10", "--nprocs", "2", "--skip-bids-validation"]
+    loud = run_cli(small_bids, tmp_path / "out", *args, "-w", tmp_path / "w1", env_extra=env)
+    assert loud.returncode == 0, loud.stderr[-3000:]
+    lines = [ln for ln in loud.stderr.splitlines() if ln.startswith("qalas-bids progress: sub-01_ses-01_run-1")]
+    assert any("SSL training" in ln and "epoch" in ln and "loss" in ln and "ETA" in ln for ln in lines), lines[-5:]
+    assert all("elapsed" in ln for ln in lines)
+    assert "qalas-bids stage timing" in loud.stderr and "fit: refinement" in loud.stderr
+    timing = json.loads(next((tmp_path / "out" / "logs").glob("timing-*.json")).read_text())
+    assert any(s["stage"] == "fit" and s["seconds"] > 0 for s in timing["stages"])
+    quiet = run_cli(small_bids, tmp_path / "out2", *args, "-w", tmp_path / "w2", "-q", env_extra=env)
+    assert quiet.returncode == 0, quiet.stderr[-3000:]
+    assert "qalas-bids progress" not in quiet.stderr and "stage timing" not in quiet.stderr
+    assert " | INFO " not in quiet.stderr

@@ -84,3 +84,33 @@ def test_empty_output_is_a_clear_error(tmp_path):
                                                        '"DatasetType": "derivative", "GeneratedBy": [{"Name": "q"}]}')
     with pytest.raises(QalasInputError, match="participant level"):
         run_group_level(tmp_path)
+
+
+def test_group_outputs_keep_the_derivatives_valid(tmp_path):
+    """After the group level, bids-validator-deno reports 0 errors (group files included)."""
+    import json as _json
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from qalas_bids.bids import write_dataset_description
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "dataset_description.json").write_text(_json.dumps({"Name": "raw", "BIDSVersion": "1.10.0"}))
+    out = tmp_path / "out"
+    for i in range(2):
+        write_fake_derivatives(out, f"{i + 1:02d}", resolution=4.0, with_synthetic=False, with_b1=False,
+                               seed=i)
+    write_dataset_description(out, raw)
+    (out / ".bidsignore").unlink(missing_ok=True)  # the group level must write what it needs
+    paths = run_group_level(out)
+    assert (out / "group").is_dir() and paths["tsv"].name.startswith("group_")
+    exe = Path(sys.executable).parent / "bids-validator-deno"
+    exe = str(exe) if exe.exists() else shutil.which("bids-validator-deno")
+    assert exe, "bids-validator-deno is a test dependency: pip install -e .[test]"
+    proc = subprocess.run([exe, "--format", "json", str(out)], capture_output=True, text=True, timeout=300)
+    issues = _json.loads(proc.stdout)["issues"]["issues"]
+    errors = [(i["code"], i.get("location")) for i in issues if i["severity"] == "error"]
+    assert errors == [], errors

@@ -1,8 +1,10 @@
 """Packaging stays honest: Dockerfile, Apptainer definition, metadata, docs vs. the CLI.
 
-There is no container engine in CI, so the Dockerfile and the definition file are parsed
-and checked for the properties users rely on (entry point, pinned CUDA torch base,
-package installed without replacing torch, writable caches for any UID).
+The Dockerfile and the definition file are parsed and checked for the properties users
+rely on (entry point, pinned CUDA torch base, package installed without replacing torch,
+writable caches for any UID); the Dockerfile's torch/CUDA shell logic is run against a
+fake python. The real build and run is `make container-test` (scripts/ci/container_test.sh,
+podman as root on Debian), which these tests keep consistent with docs/containers.md.
 """
 from __future__ import annotations
 
@@ -210,6 +212,173 @@ def test_dockerignore_keeps_what_pip_needs():
             re.fullmatch(re.escape(p).replace(r"\*", ".*"), needed) for p in patterns), needed
     for excluded in (".git", ".venv"):
         assert excluded in patterns
+
+
+def build_stage(dockerfile) -> dict:
+    return next(s for s in dockerfile["stages"] if s["name"] == "build")
+
+
+def stage_arg_defaults(stage: dict) -> dict[str, str]:
+    return {a.partition("=")[0]: a.partition("=")[2] for k, a in stage["instructions"] if k == "ARG"}
+
+
+def test_docker_runtime_uses_the_build_stage_base(dockerfile):
+    """The venv's python is the base image's: both stages start FROM the same image."""
+    stages = dockerfile["stages"]
+    names = {s["name"] for s in stages if s["name"]}
+    bases = {s["image"] for s in stages if s["image"] not in names}
+    assert bases == {"${BASE_IMAGE}"}, f"stages start from different images: {bases}"
+    assert build_stage(dockerfile)["image"] == stages[-1]["image"]
+
+
+def test_docker_torch_for_bases_without_torch_is_pinned(dockerfile):
+    args = stage_arg_defaults(build_stage(dockerfile))
+    assert re.fullmatch(r"torch==\d+\.\d+\.\d+", args.get("TORCH_SPEC", "")), args.get("TORCH_SPEC")
+    assert args.get("REQUIRE_CUDA") == "auto"
+    assert "TORCH_FIND_LINKS" in args
+    assert "BASE_IMAGE" in args, "redeclare ARG BASE_IMAGE in the stage that uses it"
+
+
+FAKE_PYTHON = r"""#!/bin/sh
+# Stands in for a base image's python: answers the Dockerfile's torch probes from FAKE_*.
+case "$1 $2" in
+  "-m venv") mkdir -p "$4/bin" && cp "$0" "$4/bin/python"; exit 0 ;;
+  "-m pip") echo "$*" >> "$FAKE_STATE/pip.log"
+            for arg in "$@"; do
+              case "$arg" in torch==*) echo "${arg#torch==}" > "$FAKE_STATE/venv-torch" ;; esac
+            done
+            exit 0 ;;
+esac
+[ "$1" = -c ] || { echo "fake python: unexpected $*" >&2; exit 3; }
+case "$2" in
+  *find_spec*) [ -n "$FAKE_BASE_TORCH" ]; exit $? ;;
+  *torch.version.cuda*) echo "$FAKE_BASE_CUDA" ;;
+  *torch.__version__*) echo "$FAKE_BASE_TORCH" ;;
+  *importlib.metadata*)
+    if [ -f "$FAKE_STATE/venv-torch" ]; then echo "torch==$(cat "$FAKE_STATE/venv-torch")"
+    else echo "torch==$FAKE_BASE_TORCH"; fi ;;
+  *) echo "fake python: unexpected code $2" >&2; exit 3 ;;
+esac
+"""
+
+
+@pytest.fixture()
+def torch_setup(dockerfile, tmp_path):
+    """Run the build stage's venv/torch RUN with a fake python; returns a runner."""
+    stage = build_stage(dockerfile)
+    runs = [a for k, a in stage["instructions"] if k == "RUN"
+            if "venv" in a and "torch-constraint" in a and "REQUIRE_CUDA" in a]
+    assert len(runs) == 1, "one RUN makes the venv and decides torch and CUDA"
+    defaults = stage_arg_defaults(stage)
+    sh = shutil.which("sh")
+    assert sh
+
+    def run(name: str, python: bool = True, base_torch: str = "", base_cuda: str = "", **args):
+        root = tmp_path / name
+        fakebin, state = root / "bin", root / "state"
+        fakebin.mkdir(parents=True)
+        state.mkdir()
+        if python:
+            (fakebin / "python3").write_text(FAKE_PYTHON)
+            (fakebin / "python3").chmod(0o755)
+        script = runs[0].replace("/opt/qalas-venv", str(root / "venv")).replace(
+            "/opt/qalas-build", str(root / "build"))
+        env = {"PATH": f"{fakebin}:/usr/bin:/bin" if python else str(fakebin),
+               "FAKE_STATE": str(state), "FAKE_BASE_TORCH": base_torch, "FAKE_BASE_CUDA": base_cuda,
+               **defaults, "BASE_IMAGE": "some/base:1.0.0", **args}
+        proc = subprocess.run([sh, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+        read = lambda p: p.read_text().strip() if p.exists() else None  # noqa: E731
+        return {"rc": proc.returncode, "stderr": proc.stderr, "pip": read(state / "pip.log"),
+                "constraint": read(root / "build" / "torch-constraint.txt"),
+                "need_cuda": read(root / "build" / "require-cuda")}
+    return run
+
+
+def test_docker_cuda_base_keeps_its_torch_and_requires_cuda(torch_setup):
+    cuda = torch_setup("cuda", base_torch="2.8.0+cu128", base_cuda="12.8")
+    assert cuda["rc"] == 0, cuda["stderr"]
+    assert cuda["pip"] is None, "torch must not be installed over the base image's"
+    assert cuda["constraint"] == "torch==2.8.0+cu128"
+    assert cuda["need_cuda"] == "1", "a CUDA base must fail the build if torch loses CUDA"
+    assert torch_setup("cuda-off", base_torch="2.8.0+cu128", base_cuda="12.8",
+                       REQUIRE_CUDA="0")["need_cuda"] == "0"
+
+
+def test_docker_base_without_torch_installs_torch_spec(torch_setup):
+    cpu = torch_setup("cpu", TORCH_SPEC="torch==2.13.0+cpu", TORCH_FIND_LINKS="/mnt")
+    assert cpu["rc"] == 0, cpu["stderr"]
+    assert "--find-links /mnt" in cpu["pip"] and cpu["pip"].endswith("torch==2.13.0+cpu")
+    assert cpu["constraint"] == "torch==2.13.0+cpu"
+    assert cpu["need_cuda"] == "0", "CUDA must not be required where the base has no torch"
+    plain = torch_setup("plain")
+    assert plain["rc"] == 0 and "--find-links" not in plain["pip"]
+    forced = torch_setup("forced", REQUIRE_CUDA="1")
+    assert forced["need_cuda"] == "1"
+    bad = torch_setup("bad", REQUIRE_CUDA="maybe")
+    assert bad["rc"] != 0 and "REQUIRE_CUDA" in bad["stderr"]
+    none = torch_setup("none", python=False)
+    assert none["rc"] != 0 and "no python" in none["stderr"] and "some/base:1.0.0" in none["stderr"]
+
+
+@pytest.mark.parametrize("need_cuda, cuda, ok", [("1", None, False), ("1", "12.8", True),
+                                                  ("0", None, True)])
+def test_docker_cuda_assertion_after_the_install(dockerfile, tmp_path, need_cuda, cuda, ok):
+    """The check after `pip install .` fails exactly when CUDA is required and lost."""
+    runs = [a for k, a in build_stage(dockerfile)["instructions"] if k == "RUN"]
+    codes = [m.group(1) for r in runs if re.search(r"pip install[^&]*\s\.(\s|$)", r)
+             for m in re.finditer(r'python -c "([^"]*torch\.version\.cuda[^"]*)"', r)]
+    assert len(codes) == 1, "the package install RUN checks torch.version.cuda once"
+    flag = tmp_path / "require-cuda"
+    flag.write_text(need_cuda + "\n")
+    code = codes[0].replace("/opt/qalas-build/require-cuda", str(flag))
+    assert str(flag) in code, "the check reads the build's CUDA decision"
+    fake = tmp_path / "fake" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(f"__version__ = 'x'\nclass version:\n    cuda = {cuda!r}\n")
+    import sys
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={"PYTHONPATH": str(tmp_path / "fake"), "PATH": "/usr/bin:/bin"})
+    assert (proc.returncode == 0) == ok, proc.stderr
+    if not ok:
+        assert "torch lost its CUDA build" in proc.stderr
+
+
+# ------------------------------------------------------------------ container CI
+CONTAINER_TEST = ROOT / "scripts" / "ci" / "container_test.sh"
+
+
+def test_container_ci_script_builds_and_runs_the_dockerfile():
+    text = CONTAINER_TEST.read_text()
+    joined = re.sub(r"\\\n\s*", " ", text)
+    bash = shutil.which("bash")
+    assert bash
+    result = subprocess.run([bash, "-n", str(CONTAINER_TEST)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "set -euo pipefail" in text
+    assert re.search(r"apt-get install .*podman debootstrap runc", joined), "install missing tools"
+    for setting in ('runtime = "runc"', 'cgroup_manager = "cgroupfs"', "default_ulimits", "CONTAINERS_CONF"):
+        assert setting in text, setting
+    assert "/etc/apt/sources.list.d/" in text and "deb.debian.org" not in text, "read the mirror"
+    assert "podman image exists" in text, "reuse the debootstrap base when it is in the store"
+    build = re.search(r"^podman build .*", joined, re.MULTILINE)
+    assert build and "--build-arg BASE_IMAGE=" in build.group(0)
+    assert '-t "$IMAGE:latest"' in build.group(0) and '-t "$IMAGE:$VERSION"' in build.group(0)
+    assert re.search(r'podman run --rm -u "\$RUN_UID:\$RUN_GID" -v "\$DATA:/data:ro" '
+                     r'-v "\$OUT:/out" "\$IMAGE" /data /out participant', joined)
+    assert "-not -uid" in text and "--version" in text and "--help" in text
+    assert "podman save --format oci-archive" in text
+    assert re.search(r"^container-test:\n\tbash scripts/ci/container_test.sh",
+                     (ROOT / "Makefile").read_text(), re.MULTILINE)
+
+
+def test_containers_doc_covers_build_run_and_apptainer():
+    doc = (DOCS / "containers.md").read_text()
+    for needed in ("make container-test", "--build-arg BASE_IMAGE=", "--gpus all",
+                   '-u "$(id -u):$(id -g)"',
+                   "podman save --format oci-archive -o qalas-bids.oci.tar qalas-bids:latest",
+                   "apptainer build qalas-bids.sif oci-archive://qalas-bids.oci.tar",
+                   "scripts/ci/container_test.sh"):
+        assert needed in doc, needed
 
 
 # ------------------------------------------------------------------------- Apptainer

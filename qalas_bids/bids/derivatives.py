@@ -37,7 +37,9 @@ CODE_URL = "https://github.com/qalas-bids/qalas-bids"
 #: Derivative suffixes that are not in the BIDS specification (listed in .bidsignore).
 CUSTOM_SUFFIXES = ("IEmap", "QALAS", "DIR", "PSIR", "STIR")
 BIDSIGNORE_LINES = tuple(f"*_{s}.*" for s in CUSTOM_SUFFIXES) + (
-    "*.html", "logs/", "/sub-*/figures", "/sub-*/log")
+    "*.html", "logs/", "/sub-*/figures", "/sub-*/log",
+    # group level: summary tables (not BIDS files) and their figures
+    "/group_*", "/group")
 #: Spaces the BIDS schema knows need no ``SpatialReference``; ours (``QALAS``) does.
 _STANDARD_SPACE_PREFIXES = ("MNI", "ICBM", "fsaverage", "fsLR", "Talairach", "UNCInfant",
                             "NKI", "OASIS", "individual", "scanner", "T1w", "T2w")
@@ -300,6 +302,17 @@ def write_dataset_description(out_dir: str | Path, bids_dir: str | Path) -> Path
 def write_bidsignore(out_dir: str | Path) -> Path:
     """Write/extend ``out_dir/.bidsignore`` with the custom suffixes and report folders."""
     path = Path(out_dir) / ".bidsignore"
-    existing = path.read_text().splitlines() if path.is_file() else []
-    lines = existing + [line for line in BIDSIGNORE_LINES if line not in existing]
-    return atomic_write_text(path, "\n".join(lines) + "\n")
+    with shared_file_lock(out_dir):  # participants of an array job merge into one file
+        existing = path.read_text().splitlines() if path.is_file() else []
+        lines = existing + [line for line in BIDSIGNORE_LINES if line not in existing]
+        return atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def shared_file_lock(out_dir: str | Path, timeout: float = 600.0):
+    """An inter-process lock (``logs/.qalas-bids.lock``) for read-modify-write of the
+    dataset-level files that concurrent participants share (filelock, as nipype uses)."""
+    from filelock import FileLock
+
+    logs = Path(out_dir) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(logs / ".qalas-bids.lock"), timeout=timeout)

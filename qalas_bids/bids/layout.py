@@ -6,8 +6,9 @@ default ``bids`` config already knows the ``inv`` entity (``inv-<index>``, MP2RA
 and takes any alphanumeric suffix, so ``layout.get(suffix="QALAS", inv=...)`` works without
 a custom config; the app adds its own checks on top (see :mod:`.discovery`).
 
-The SQLite index lives in memory unless a work directory is given, in which case it is kept
-in ``<work_dir>/bids_db`` (local disk, reusable) - never inside ``bids_dir``.
+The SQLite index lives in memory, one per invocation: participants started at the same
+time with the same work directory (an array job) never share, lock or corrupt an index
+file, and a re-run always sees files added since. Nothing is written inside ``bids_dir``.
 
 Filter file (``--bids-filter-file``, fMRIPrep format): a JSON object whose keys name the
 queries and whose values are pybids entity filters added to them::
@@ -69,9 +70,9 @@ def make_layout(
     Parameters
     ----------
     bids_dir : the raw BIDS dataset (must contain ``dataset_description.json``)
-    work_dir : where to keep the SQLite index (``<work_dir>/bids_db``); in memory if None
-    reset_database : re-index even when a stored index exists (default: a stale index
-        would miss files added since the last run)
+    work_dir : the run's work directory, only checked to lie outside ``bids_dir`` (the
+        index itself is kept in memory, never shared between invocations)
+    reset_database : kept for API compatibility (an in-memory index is always fresh)
     """
     bids_dir = Path(bids_dir).absolute()
     if not bids_dir.is_dir():
@@ -81,22 +82,15 @@ def make_layout(
             f"{bids_dir} is not a BIDS dataset: dataset_description.json is missing "
             "(add one with at least Name and BIDSVersion)"
         )
-    database_path = None
-    if work_dir is not None:
-        database_path = Path(work_dir).absolute() / "bids_db"
-        if _inside(database_path, bids_dir):
-            raise QalasInputError(
-                f"the work directory {work_dir} is inside the BIDS dataset {bids_dir}: "
-                "choose a work directory (-w) outside the input dataset"
-            )
-        database_path.mkdir(parents=True, exist_ok=True)
+    if work_dir is not None and _inside(Path(work_dir).absolute(), bids_dir):
+        raise QalasInputError(
+            f"the work directory {work_dir} is inside the BIDS dataset {bids_dir}: "
+            "choose a work directory (-w) outside the input dataset"
+        )
     indexer = BIDSLayoutIndexer(validate=False, ignore=_IGNORE, index_metadata=True)
     try:
-        return BIDSLayout(
-            str(bids_dir), validate=False, indexer=indexer,
-            database_path=str(database_path) if database_path else None,
-            reset_database=reset_database,
-        )
+        return BIDSLayout(str(bids_dir), validate=False, indexer=indexer, database_path=None,
+                          reset_database=reset_database)
     except (ValueError, OSError) as exc:
         raise QalasInputError(f"pybids could not index {bids_dir}: {exc}") from exc
 

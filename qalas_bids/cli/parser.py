@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accepted for compatibility; qalas-bids never sends usage data anyway")
     g.add_argument("-v", "--verbose", dest="verbose", action="count", default=0,
                    help="more log output (-v info from nipype, -vv debug)")
+    g.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress lines and no stage-timing table; warnings and errors only")
     return parser
 
 
@@ -170,6 +172,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error("--save-model needs a training fit mode (scan-specific or fine-tune)")
         if opts.save_model == bids_dir or bids_dir in opts.save_model.parents:
             parser.error(f"--save-model {opts.save_model} is inside bids_dir: choose another folder")
+    if opts.quiet and opts.verbose:
+        parser.error("choose one of -q/--quiet and -v/--verbose")
     if opts.analysis_level == "participant" and opts.derivatives:
         parser.error("--derivatives is only used at the group level")
     return opts

@@ -6,6 +6,7 @@ and never deleted.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -22,15 +23,21 @@ class UsageError(Exception):
     """A user/input problem found after parsing (exit 2, message only)."""
 
 
-def setup_logging(verbose: int) -> None:
-    """Timestamped log lines on stderr; ``-v`` nipype info, ``-vv`` debug."""
-    level = logging.DEBUG if verbose >= 2 else logging.INFO
+def setup_logging(verbose: int, quiet: bool = False) -> None:
+    """Timestamped log lines on stderr; ``-v`` nipype info, ``-vv`` debug, ``-q`` warnings only."""
+    level = logging.DEBUG if verbose >= 2 else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, stream=sys.stderr, force=True,
                         format="%(asctime)s | %(levelname)-7s | %(name)s: %(message)s",
                         datefmt="%Y-%m-%d %H:%M:%S")
     logging.getLogger("qalas_bids").setLevel(level)
     for noisy in ("bids", "matplotlib", "PIL", "numexpr"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+#: Seconds between two scheduling rounds of nipype's MultiProc loop (nipype's default is 2 s,
+#: which adds up to 2 s of idle time per node; the loop itself costs microseconds). Cluster
+#: plugins keep nipype's default: each of their rounds asks the scheduler.
+MULTIPROC_POLL_S = 0.1
 
 
 def configure_nipype(settings: Settings) -> None:
@@ -48,6 +55,7 @@ def configure_nipype(settings: Settings) -> None:
             "check_version": False,
             "get_linked_libs": False,
             "parameterize_dirs": False,
+            **({"poll_sleep_duration": MULTIPROC_POLL_S} if settings.plugin == "MultiProc" else {}),
         },
         "monitoring": {"enabled": False},
         "logging": {
@@ -61,12 +69,21 @@ def configure_nipype(settings: Settings) -> None:
 
 
 def check_device(settings: Settings) -> Settings:
-    """Resolve ``--device`` now (exit 2 when a requested GPU is missing)."""
-    from ..qalas.device import resolve_device
+    """Resolve ``--device`` now (exit 2 when a requested GPU is missing).
 
-    device = resolve_device(settings.device)
-    LOGGER.info("Compute device: %s (requested %s)", device, settings.device)
-    return settings.replace(resolved_device=str(device))
+    The check runs in a child process (:func:`~qalas_bids.qalas.device.probe_device`):
+    CUDA initialised here would break every MultiProc worker forked later. When the fit
+    runs on a GPU under MultiProc, the workers are started with ``spawn`` (unless the
+    plugin YAML names an ``mp_context``), so no worker inherits a CUDA state either.
+    """
+    from ..qalas.device import probe_device
+
+    info = probe_device(settings.device)
+    LOGGER.info("Compute device: %s (requested %s)", info.describe(), settings.device)
+    plugin_args = dict(settings.plugin_args)
+    if info.is_cuda and settings.plugin == "MultiProc":
+        plugin_args.setdefault("mp_context", "spawn")
+    return settings.replace(resolved_device=info.device, plugin_args=plugin_args)
 
 
 def discover_runs(settings: Settings) -> list:
@@ -163,10 +180,24 @@ def run_sidecars(settings: Settings, runs: list) -> list[dict]:
 
 
 def write_boilerplate(settings: Settings, runs: list) -> None:
-    """``logs/CITATION.{md,html,bib}`` describing what ran."""
-    from ..reports.boilerplate import write_citation_files
+    """``logs/CITATION.{md,html,bib}`` describing every run in the output directory.
 
-    paths = write_citation_files(settings.output_dir, settings.as_dict(), run_sidecars(settings, runs))
+    Runs of this invocation come from its settings and sidecars; runs that other
+    invocations (other array tasks) wrote into the same output directory are read back, so
+    the text counts every participant. Done under the output's shared-file lock.
+    """
+    from ..bids.derivatives import shared_file_lock
+    from ..reports.boilerplate import runs_from_derivatives, write_citation_files
+
+    def key(run: dict) -> tuple:
+        ents = run.get("entities") or {}
+        return tuple(str(ents.get(k) or "") for k in ("subject", "session", "acquisition", "run"))
+
+    with shared_file_lock(settings.output_dir):
+        mine = run_sidecars(settings, runs)
+        seen = {key(r) for r in mine}
+        others = [r for r in runs_from_derivatives(settings.output_dir) if key(r) not in seen]
+        paths = write_citation_files(settings.output_dir, settings.as_dict(), mine + others)
     LOGGER.info("Methods boilerplate written: %s", paths.get("md"))
 
 
@@ -175,21 +206,88 @@ def find_crash_files(settings: Settings) -> list[Path]:
     return sorted(p for pat in patterns for p in settings.output_dir.glob(pat))
 
 
+def run_workflow(workflow, settings: Settings):
+    """Run with the chosen plugin; with SLURMGraph, also wait for the submitted jobs.
+
+    Returns nipype's execution graph. Raises ``RuntimeError`` when nodes failed (nipype's
+    own error for local plugins; for SLURMGraph, nodes left without a result file).
+    """
+    import time as _time
+
+    started = _time.time()
+    execgraph = workflow.run(plugin=settings.plugin, plugin_args=dict(settings.plugin_args))
+    if settings.plugin == "SLURMGraph":
+        from ..utils.slurm_wait import submitted_job_names, wait_for_slurm_jobs
+
+        wait_for_slurm_jobs(submitted_job_names(settings.work_dir, started))
+        missing = [node.fullname for node in execgraph.nodes()
+                   if not (Path(node.output_dir()) / f"result_{node.name}.pklz").is_file()]
+        if missing:
+            raise RuntimeError(f"{len(missing)} node(s) of the SLURM jobs did not finish: "
+                               + ", ".join(missing[:5]) + " (see the job logs under the work "
+                               "directory's batch/ folder)")
+    return execgraph
+
+
+def report_timing(settings: Settings, clock, execgraph) -> None:
+    """Print the stage-timing table (unless ``-q``) and write ``logs/timing-<run>.json``."""
+    from ..utils.stage_timing import format_table, node_times, write_timing_json
+
+    rows = list(clock.rows)
+    if execgraph is not None:
+        rows += node_times(execgraph, clock.started)
+    path = write_timing_json(settings.output_dir / "logs" / f"timing-{settings.run_uuid}.json", rows,
+                             run_uuid=settings.run_uuid, device=settings.resolved_device,
+                             plugin=settings.plugin, fit_mode=settings.fit_mode,
+                             version=settings.version)
+    if not settings.quiet:
+        print(format_table(rows, title=f"qalas-bids stage timing (s; also in {path})"), file=sys.stderr)
+
+
+def lock_work_dirs(settings: Settings, runs: list, stack) -> None:
+    """Hold one lock per participant in the work directory for the whole run.
+
+    Different participants may share a work directory (their node folders differ); the
+    same participant started twice with one work directory would overwrite its own
+    intermediate files, so the second process is refused (exit 2) while the first runs.
+    """
+    from filelock import FileLock, Timeout
+
+    from ..workflows.base import workflow_base_name
+
+    folder = settings.work_dir / workflow_base_name(settings.version)
+    folder.mkdir(parents=True, exist_ok=True)
+    for subject in sorted({r.subject for r in runs}):
+        lock = FileLock(str(folder / f".sub-{subject}.lock"))
+        try:
+            stack.enter_context(lock.acquire(timeout=0))
+        except Timeout:
+            raise UsageError(
+                f"another qalas-bids process is already processing sub-{subject} with the work "
+                f"directory {settings.work_dir}: wait for it to finish, or give this run its own "
+                "work directory with -w") from None
+
+
 def run_participant(settings: Settings) -> int:
     from ..bids import write_bidsignore, write_dataset_description
     from ..utils.bids_validation import validate_bids
+    from ..utils.stage_timing import StageClock
 
-    settings = check_device(settings)
-    if not settings.skip_bids_validation and not settings.reports_only:
-        validate_bids(settings.bids_dir)
-    runs = None if settings.reports_only else discover_runs(settings)
+    clock = StageClock()
+    with clock.stage("device check"):
+        settings = check_device(settings)
     if settings.reports_only:
         return EXIT_OK if write_reports(settings, _subjects(settings, None)) else EXIT_FAILURE
+    with clock.stage("preflight (validation, discovery, input checks)"):
+        if not settings.skip_bids_validation:
+            validate_bids(settings.bids_dir)
+        runs = discover_runs(settings)
 
     configure_nipype(settings)
     from ..workflows.base import init_qalas_bids_wf
 
-    workflow = init_qalas_bids_wf(settings=settings, runs=runs)
+    with clock.stage("workflow build"):
+        workflow = init_qalas_bids_wf(settings=settings, runs=runs)
     settings.output_dir.mkdir(parents=True, exist_ok=True)
     write_dataset_description(settings.output_dir, settings.bids_dir)
     write_bidsignore(settings.output_dir)
@@ -199,10 +297,14 @@ def run_participant(settings: Settings) -> int:
         return EXIT_OK
 
     status = EXIT_OK
+    execgraph = None
+    work_locks = contextlib.ExitStack()
+    lock_work_dirs(settings, runs, work_locks)
     try:
         LOGGER.info("Running %s with the %s plugin %s (work dir %s)", workflow.name,
                     settings.plugin, settings.plugin_args, settings.work_dir)
-        workflow.run(plugin=settings.plugin, plugin_args=dict(settings.plugin_args))
+        with clock.stage("workflow run (all nodes, wall)"):
+            execgraph = run_workflow(workflow, settings)
     except Exception as exc:  # nipype raises RuntimeError after running what it could
         status = EXIT_FAILURE
         crashes = find_crash_files(settings)
@@ -215,13 +317,20 @@ def run_participant(settings: Settings) -> int:
     finally:
         write_dataset_description(settings.output_dir, settings.bids_dir)
         write_bidsignore(settings.output_dir)
+        with clock.stage("boilerplate and reports"):
+            try:
+                write_boilerplate(settings, runs)
+            except Exception as exc:
+                LOGGER.error("boilerplate failed: %s: %s", type(exc).__name__, exc)
+                status = status or EXIT_FAILURE
+            if not write_reports(settings, _subjects(settings, runs)):
+                status = status or EXIT_FAILURE
         try:
-            write_boilerplate(settings, runs)
-        except Exception as exc:
-            LOGGER.error("boilerplate failed: %s: %s", type(exc).__name__, exc)
-            status = status or EXIT_FAILURE
-        if not write_reports(settings, _subjects(settings, runs)):
-            status = status or EXIT_FAILURE
+            report_timing(settings, clock, execgraph)
+        except Exception as exc:  # informative only: never changes the exit status
+            LOGGER.warning("stage timing not written: %s: %s", type(exc).__name__, exc)
+        finally:
+            work_locks.close()
     if status == EXIT_OK:
         LOGGER.info("qalas-bids finished successfully: outputs in %s", settings.output_dir)
     return status
@@ -254,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Console script ``qalas-bids`` (returns and exits with the status code)."""
     opts = parse_args(argv)  # argparse exits 2 on usage errors
     settings = Settings.from_namespace(opts)
-    setup_logging(settings.verbose)
+    setup_logging(settings.verbose, settings.quiet)
     from ..utils.environment import check_writable, prepare_environment
 
     try:

@@ -37,6 +37,9 @@ class _FitQalasInputSpec(BaseInterfaceInputSpec):
     save_model_path = traits.Str(desc="write the trained network here (scan-specific / fine-tune)")
     model_provenance = traits.Dict(desc="acquisition (sidecar keys) and sources (BIDS URIs) of the run, "
                                         "stored in the saved model")
+    progress = traits.Bool(True, usedefault=True,
+                           desc="print progress lines (phase, step, loss, elapsed, ETA) to stderr")
+    progress_label = traits.Str("", usedefault=True, desc="prefix of the progress lines (the run)")
 
 
 class _FitQalasOutputSpec(TraitedSpec):
@@ -70,6 +73,7 @@ class FitQalas(SimpleInterface):
         import torch
 
         from ..qalas.fit_volume import fit_volume
+        from ..qalas.progress import ProgressReporter, interval_from_env
 
         torch.set_num_threads(max(1, self.inputs.num_threads))
         img = nib.load(self.inputs.qalas_file)
@@ -79,15 +83,17 @@ class FitQalas(SimpleInterface):
         b1 = None
         if isdefined(self.inputs.b1_file):
             b1 = np.asarray(nib.load(self.inputs.b1_file).dataobj, dtype=np.float32)
-        result = fit_volume(
-            qalas, b1, mask, SequenceTiming(**self.inputs.timing),
-            method=self.inputs.method,
-            device=self.inputs.device,
-            seed=self.inputs.seed,
-            model_path=self.inputs.model_path if isdefined(self.inputs.model_path) else None,
-            ssl_options=self._ssl_options(),
-            progress=False,
-        )
+        with ProgressReporter(f"{self.inputs.progress_label} {self.inputs.method} fit".strip(),
+                              interval=interval_from_env(), enabled=self.inputs.progress):
+            result = fit_volume(
+                qalas, b1, mask, SequenceTiming(**self.inputs.timing),
+                method=self.inputs.method,
+                device=self.inputs.device,
+                seed=self.inputs.seed,
+                model_path=self.inputs.model_path if isdefined(self.inputs.model_path) else None,
+                ssl_options=self._ssl_options(),
+                progress=False,
+            )
         saved = (self._ssl_options() or {}).get("save_model_path")
         if saved:
             from ..qalas.cohort import annotate_model

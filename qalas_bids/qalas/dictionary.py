@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import progress as prog
 from .device import resolve_device
 from .errors import QalasInputError
 from .results import FitResult
@@ -377,7 +378,9 @@ def fit_dictionary(
     bins, starts = np.unique(b1_bin[order], return_index=True)
     ends = np.append(starts[1:], n)
     next_report = 0.1
+    prog.phase(f"dictionary {'coarse' if search != 'brute' else 'full'} match", total=len(bins), unit="B1 bin")
     for k, (b, s0, s1) in enumerate(zip(bins, starts, ends)):
+        prog.step(k)
         t0 = time.perf_counter()
         atoms = _atoms(a_t1, a_t2, a_ie, float(b1_centres[b]), timing)
         t_build += time.perf_counter() - t0
@@ -401,7 +404,9 @@ def fit_dictionary(
             stride[:, d] = _initial_stride(pos[d], winner_pos)
     stride_t = torch.as_tensor(stride, device=dev)
     b1_voxel = torch.as_tensor(b1_centres[b1_bin], dtype=fine, device=dev)
+    prog.phase("dictionary local search", total=n, unit="voxel")
     for c0 in range(0, n, chunk_size):
+        prog.step(c0)
         sl = slice(c0, c0 + chunk_size)
         idx_out[sl] = _pattern_search(x_fine[sl], b1_voxel[sl], idx_out[sl], stride_t[sl], values_fine, timing)
         if progress and n > chunk_size:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from . import progress as prog
 from .errors import QalasInputError
 from .results import PARAMETERS, FitResult
 from .timing import SequenceTiming
@@ -135,6 +136,10 @@ def fit_volume(
         result = fit_ssl(mags, b1_vox, timing, mode=method, device=device, seed=seed,
                          model_path=model_path, progress=progress, **options)
     info = dict(result.info)
+    t_fit = time.perf_counter() - t_start
+    refinement = info.get("refinement") or {}
+    stage_times = {"fit": t_fit} if not refinement else {
+        "network": t_fit - refinement["time_s"], "refinement": refinement["time_s"]}
     warnings.extend(w for w in info.pop("warnings", []) if "no B1 map" not in w)
 
     maps = {}
@@ -144,15 +149,22 @@ def fit_volume(
         maps[key] = np.zeros(m.shape, dtype=np.float32)
     if with_uncertainty:
         from .uncertainty import crlb_std, estimate_noise_sigma, relative_residual
+        prog.phase("noise level")
+        t0 = time.perf_counter()
         sigma, sigma_method = estimate_noise_sigma(data, m)
         info["noise_sigma"] = float(sigma)
         info["noise_sigma_method"] = sigma_method
+        t1_ = time.perf_counter()
         crlb = crlb_std(result.t1, result.t2, result.pd, result.ie, b1_vox, timing, sigma, device=device)
         for name in PARAMETERS:
             maps[f"crlb_{name}"] = _to_volume(crlb[name], m)
+        t2_ = time.perf_counter()
         maps["residual"] = _to_volume(
-            relative_residual(mags, result.t1, result.t2, result.pd, result.ie, b1_vox, timing), m)
+            relative_residual(mags, result.t1, result.t2, result.pd, result.ie, b1_vox, timing,
+                              device=device), m)
+        stage_times.update(noise_sigma=t1_ - t0, crlb=t2_ - t1_, residual=time.perf_counter() - t2_)
     info.update(method=method, timing=timing.as_dict(), warnings=warnings,
+                stage_times_s={k: round(v, 3) for k, v in stage_times.items()},
                 wall_time_s=time.perf_counter() - t_start, n_voxels=int(m.sum()))
     info.setdefault("epochs", 0)
     info.setdefault("loss_history", [])

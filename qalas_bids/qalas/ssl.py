@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import progress as prog
 from .device import resolve_device
 from .errors import QalasInputError
 from .network import NetworkConfig, QalasNet, network_inputs, robust_scale
@@ -82,6 +83,8 @@ def train_network(net: QalasNet, inputs: torch.Tensor, targets: torch.Tensor, b1
     history: list[float] = []
     best, stale = math.inf, 0
     start = time.perf_counter()
+    n_batches = math.ceil(n / batch_size)
+    prog.phase("SSL training", total=epochs * n_batches, unit="batch")
     net.train()
     for epoch in range(epochs):
         order = torch.randperm(n, generator=generator).to(inputs.device)
@@ -103,6 +106,8 @@ def train_network(net: QalasNet, inputs: torch.Tensor, targets: torch.Tensor, b1
             optimiser.step()
             total += float(loss.detach()) * idx.numel()
             count += idx.numel()
+            prog.step(epoch * n_batches + first // batch_size + 1, epoch=f"{epoch + 1}/{epochs}",
+                      loss=total / count)
         epoch_loss = total / count
         history.append(epoch_loss)
         scheduler.step(epoch_loss)
@@ -125,7 +130,13 @@ def train_network(net: QalasNet, inputs: torch.Tensor, targets: torch.Tensor, b1
 def predict(net: QalasNet, inputs: torch.Tensor, chunk: int = 262144) -> torch.Tensor:
     """Network parameters ``(N, 4)`` for ``inputs``, in chunks (no gradients)."""
     net.eval()
-    return torch.cat([net(inputs[i:i + chunk]) for i in range(0, inputs.shape[0], chunk)])
+    n = inputs.shape[0]
+    prog.phase("SSL network prediction", total=n, unit="voxel")
+    out = []
+    for i in range(0, n, chunk):
+        out.append(net(inputs[i:i + chunk]))
+        prog.step(min(n, i + chunk))
+    return torch.cat(out)
 
 
 CONVERGED_RTOL = 1e-4  # relative cost decrease below which a voxel stops refining
@@ -153,6 +164,8 @@ def refine_least_squares(params: torch.Tensor, targets: torch.Tensor, b1: torch.
     out = torch.empty_like(params)
     cost_before, cost_after, unconverged = 0.0, 0.0, 0
     eye = torch.eye(4, dtype=params.dtype, device=params.device)
+    n_chunks = math.ceil(params.shape[0] / chunk)
+    prog.phase("per-voxel refinement", total=n_chunks * steps, unit="chunk-step")
     for first in range(0, params.shape[0], chunk):
         sl = slice(first, first + chunk)
         y, bb = targets[sl], b1[sl]
@@ -164,7 +177,8 @@ def refine_least_squares(params: torch.Tensor, targets: torch.Tensor, b1: torch.
         cost_before += float(cost.sum())
         lam = torch.full_like(cost, 1e-2)
         active = torch.arange(q.shape[0], device=q.device)
-        for _ in range(steps):
+        for it in range(steps):
+            prog.step(first // chunk * steps + it, active_voxels=int(active.numel()))
             if active.numel() == 0:
                 break
             qa, ya, ba, ca, la = q[active], y[active], bb[active], cost[active], lam[active]

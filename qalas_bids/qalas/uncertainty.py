@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from . import progress as prog
 from .device import resolve_device
 from .errors import QalasInputError
 from .results import PARAMETERS
@@ -131,7 +132,9 @@ def crlb_std(
     out = {name: np.empty(n, dtype=np.float64) for name in PARAMETERS}  # float32 after capping
     singular = np.zeros(n, dtype=bool)
     step = _chunk(dev)
+    prog.phase("CRLB", total=n, unit="voxel")
     for c0 in range(0, n, step):
+        prog.step(c0)
         sl = slice(c0, c0 + step)
         params = torch.stack([t1_t[sl], t2_t[sl], pd_t[sl], ie_t[sl]], dim=-1)
         b1_chunk = b1_t[sl]
@@ -194,8 +197,10 @@ def relative_residual(
         raise QalasInputError(f"residual: {n} voxels of magnitudes but {t1_t.numel()} parameter values")
     out = np.empty(n, dtype=np.float32)
     step = _chunk(dev)
+    prog.phase("residual map", total=n, unit="voxel")
     with torch.no_grad():
         for c0 in range(0, n, step):
+            prog.step(c0)
             sl = slice(c0, c0 + step)
             model = qalas_magnitude(t1_t[sl], t2_t[sl], pd_t[sl], ie_t[sl], b1_t[sl], timing)
             num = (meas[sl] - model).pow(2).mean(-1).sqrt()

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..bids.derivatives import atomic_write_text, write_json
+from ..bids.derivatives import atomic_write_text, write_bidsignore, write_json
 from ..qalas.errors import QalasInputError
 from .collect import MAP_SUFFIXES, find_runs
 from .participant import render_page
@@ -153,4 +153,5 @@ def run_group_level(output_dir: str | Path, derivatives_dir: str | Path | None =
                                                    ("table", "Table"),
                                                    ("repeatability", "Repeatability")], body)
     paths["html"] = atomic_write_text(out_dir / TSV_NAME.replace(".tsv", ".html"), page)
+    paths["bidsignore"] = write_bidsignore(out_dir)  # group_* and group/ are not BIDS files
     return paths

@@ -78,6 +78,7 @@ def fit_sidecar_metadata(info: dict[str, Any], timing_sources: dict[str, str] | 
     fit_info = {
         "Device": info.get("device"),
         "WallTimeSeconds": info.get("wall_time_s"),
+        "StageTimesSeconds": info.get("stage_times_s", {}),
         "Epochs": info.get("epochs"),
         "LossHistory": info.get("loss_history", []),
         "NoiseSigma": info.get("noise_sigma"),
