@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .qalas.b1map import DEFAULT_MIN_COVERAGE
 
 
 def new_run_uuid() -> str:
@@ -42,6 +43,7 @@ class Settings:
     resolved_device: str | None = None  # set after the device check (e.g. "cpu", "cuda:0")
     no_b1: bool = False
     b1_flip_angle: float | None = None
+    b1_min_coverage: float = DEFAULT_MIN_COVERAGE
     vendor_preset: str | None = None
     seed: int = 0
     epochs: int | None = None
@@ -64,6 +66,7 @@ class Settings:
     notrack: bool = False
     verbose: int = 0
     quiet: bool = False
+    accept_qc_failures: bool = False
     run_uuid: str = field(default_factory=new_run_uuid)
     version: str = __version__
 
@@ -98,6 +101,7 @@ class Settings:
             device=opts.device,
             no_b1=opts.no_b1,
             b1_flip_angle=opts.b1_flip_angle,
+            b1_min_coverage=getattr(opts, "b1_min_coverage", DEFAULT_MIN_COVERAGE),
             vendor_preset=opts.vendor_preset,
             seed=opts.seed,
             epochs=opts.epochs,
@@ -119,6 +123,7 @@ class Settings:
             notrack=opts.notrack,
             verbose=opts.verbose,
             quiet=bool(getattr(opts, "quiet", False)),
+            accept_qc_failures=bool(getattr(opts, "accept_qc_failures", False)),
         )
 
     def replace(self, **changes: Any) -> "Settings":

@@ -8,7 +8,9 @@ table printed at the end of the session (``make gpu-test``).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+import nibabel as nib
 import pytest
 
 GPU_TIMINGS = pytest.StashKey[list]()
@@ -26,6 +28,16 @@ def gpu_tier_device() -> str | None:
     if cuda_available():
         return "cuda"
     return "cpu" if os.environ.get(DRY_RUN_ENV) == "1" else None
+
+
+def crop_slab(root: Path, n_slices: int) -> None:
+    """Keep a central slab of the QALAS volumes and of the ground-truth maps (same grid)."""
+    paths = [*root.glob("sub-*/anat/*_QALAS.nii.gz"),
+             *root.glob("derivatives/groundtruth/sub-*/*/*.nii.gz")]
+    for path in paths:
+        img = nib.load(path)
+        z0 = img.shape[2] // 2 - n_slices // 2
+        nib.save(img.slicer[:, :, z0:z0 + n_slices], path)
 
 
 def pytest_configure(config):

@@ -90,5 +90,36 @@ def test_non_overlapping_b1_is_an_input_error():
     far[3, 3] = 1
     far[:3, 3] = [1000, 1000, 1000]
     famp = nib.Nifti1Image(np.full((10, 10, 10), 800, np.float32), far)
-    with pytest.raises(QalasInputError, match="do not overlap"):
+    with pytest.raises(QalasInputError, match="covers only 0% of the head.*--b1-min-coverage"):
         b1_in_qalas_space(famp, 80.0, qalas)
+
+
+def _uniform_famp(qalas, value: float, shape=(22, 26, 17)):
+    """A famp map on a grid that covers the whole QALAS grid (4 mm voxels)."""
+    affine = qalas.affine.copy()
+    affine[:3, :3] *= 2
+    affine[:3, 3] -= 4
+    return nib.Nifti1Image(np.full(shape, value, np.float32), affine)
+
+
+@pytest.mark.parametrize("value, angle, pattern", [
+    (0.0, 80.0, r"median of 0.00 in the head"),
+    (800.0, 8.0, r"median of 10.00.*about 80 deg: pass it with --b1-flip-angle"),
+])
+def test_implausible_b1_is_an_input_error(value, angle, pattern):
+    """An all-zero famp map, or a sidecar FlipAngle of 8 instead of 80, is refused."""
+    qalas = qalas_grid()
+    with pytest.raises(QalasInputError, match=pattern):
+        b1_in_qalas_space(_uniform_famp(qalas, value), angle, qalas)
+    img, info = b1_in_qalas_space(_uniform_famp(qalas, 800.0), 80.0, qalas)  # the same map, right angle
+    assert info["MedianUnclippedInHead"] == pytest.approx(1.0) and info["FractionPlausible"] == 1.0
+
+
+def test_partial_coverage_is_refused_unless_allowed():
+    qalas = qalas_grid()
+    famp = _uniform_famp(qalas, 800.0, shape=(22, 26, 8))  # misses the top of the grid
+    head = np.ones(qalas.shape[:3], bool)
+    with pytest.raises(QalasInputError, match=r"covers only \d+% of the head"):
+        b1_in_qalas_space(famp, 80.0, qalas, head_mask=head)
+    _, info = b1_in_qalas_space(famp, 80.0, qalas, head_mask=head, min_coverage=0.3)
+    assert 0.3 < info["FieldOfViewCoverage"] < 0.95

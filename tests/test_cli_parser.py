@@ -73,8 +73,19 @@ def test_plugin_yaml(bids, tmp_path):
     (["--fit-mode", "fast"], "invalid choice"),
     (["--no-b1", "--b1-flip-angle", "80"], "--no-b1"),
     (["--synth-contrasts", "T1w,MPRAGE"], "invalid choice(s) MPRAGE"),
+    (["--no-b1", "--b1-min-coverage", "0.5"], "--no-b1"),
+    (["--b1-min-coverage", "95"], "fraction between 0 and 1"),
+    (["--synth-params", "{synth}", '{"T1w": {"RepetitionTime": -1}}'], "RepetitionTime must be in (0, 30]"),
+    (["--synth-params", "{synth}", '{"FLAIR": {"RepetitionTime": 2, "InversionTime": 3}}'],
+     "must end before RepetitionTime"),
+    (["-q", "-v"], "choose one of -q/--quiet and -v/--verbose"),
 ])
 def test_usage_errors_exit_2(bids, tmp_path, capsys, argv_tail, message):
+    """Each bad option exits 2 at parse time (before any work) with its message."""
+    if "{synth}" in argv_tail:  # the JSON text goes into a file given to --synth-params
+        synth = tmp_path / "synth.json"
+        synth.write_text(argv_tail[-1])
+        argv_tail = [a.replace("{synth}", str(synth)) for a in argv_tail[:-1]]
     with pytest.raises(SystemExit) as exc:
         parse_args([str(bids), str(tmp_path / "out"), "participant", *argv_tail])
     assert exc.value.code == 2

@@ -250,3 +250,24 @@ def test_bids_validator_accepts_outputs(tmp_path, raw, reference):
     assert errors and all(any(tag in loc for tag in ("IEmap", "QALAS", "DIR", "PSIR", "STIR",
                                                      "figures", ".html", "logs"))
                           for loc in errors), errors
+
+
+def test_stale_temporaries_of_killed_runs_are_removed(tmp_path):
+    import os
+    import time
+
+    from qalas_bids.bids.derivatives import remove_stale_temporaries
+
+    anat = tmp_path / "sub-01" / "anat"
+    anat.mkdir(parents=True)
+    old = anat / ".sub-01_T1map.abc123.tmp.nii.gz"
+    fresh = anat / ".sub-01_T2map.def456.tmp.nii.gz"
+    other = tmp_path / "sub-02" / "anat" / ".sub-02_T1map.x.tmp.nii.gz"
+    for path in (old, fresh, other):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"partial")
+    past = time.time() - 3600
+    os.utime(old, (past, past))
+    os.utime(other, (past, past))
+    assert remove_stale_temporaries(tmp_path, ["01"]) == [old]
+    assert not old.exists() and fresh.exists() and other.exists()  # a running write, another subject

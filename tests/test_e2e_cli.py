@@ -251,7 +251,78 @@ def _b1_only_in_other_session(root):
     shutil.rmtree(root / "sub-01" / "ses-01" / "fmap")
 
 
+def _volumes_out_of_order(root):
+    """inv-k holds the volume of readout k+1 (order [1, 2, 3, 4, 0]); sidecars unchanged."""
+    paths = [_qalas(root, k) for k in range(5)]
+    images = [nib.load(p) for p in paths]
+    data = [np.asarray(img.dataobj) for img in images]
+    for k, path in enumerate(paths):
+        nib.save(nib.Nifti1Image(data[(k + 1) % 5], images[k].affine, images[k].header), path)
+
+
+def _4d_out_of_order(root):
+    """One 4D file in the order [1, 2, 3, 4, 0], its sidecar's InversionTime showing it."""
+    paths = [_qalas(root, k) for k in range(5)]
+    metas = [json.loads(Path(str(p).replace(".nii.gz", ".json")).read_text()) for p in paths]
+    ref = nib.load(paths[0])
+    stack = np.stack([np.asarray(nib.load(paths[(k + 1) % 5]).dataobj) for k in range(5)], axis=-1)
+    name = paths[0].name.replace("_inv-0", "")
+    nib.save(nib.Nifti1Image(stack, ref.affine, ref.header), paths[0].parent / name)
+    side = dict(metas[0], InversionTime=[metas[(k + 1) % 5]["InversionTime"] for k in range(5)])
+    (paths[0].parent / name.replace(".nii.gz", ".json")).write_text(json.dumps(side))
+    for path in paths:
+        path.unlink()
+        Path(str(path).replace(".nii.gz", ".json")).unlink()
+
+
+def _famp(root: Path) -> Path:
+    return next(root.glob("sub-01/ses-01/fmap/*_acq-famp_*TB1TFL.nii.gz"))
+
+
+def _edit_famp(root: Path, change) -> None:
+    path = _famp(root)
+    img = nib.load(path)
+    nib.save(nib.Nifti1Image(change(np.asarray(img.dataobj, dtype=np.float32)), img.affine), path)
+
+
+def _b1_all_zero(root):
+    _edit_famp(root, np.zeros_like)
+
+
+def _b1_wrong_flip_angle(root):
+    _edit_json(Path(str(_famp(root)).replace(".nii.gz", ".json")), FlipAngle=8)
+
+
+def _b1_nans(root):
+    def poke(data):
+        data[data.shape[0] // 2, data.shape[1] // 2, :] = np.nan
+        return data
+    _edit_famp(root, poke)
+
+
+def _b1_truncated(root):
+    path = _famp(root)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _b1_partial_coverage(root):
+    """The famp map loses its upper 40 % of slices (the QALAS slab is 6 slices in the middle)."""
+    path = _famp(root)
+    img = nib.load(path)
+    axis = int(np.argmax(np.abs(img.affine[2, :3])))  # the famp axis closest to z
+    keep = [slice(None)] * 3
+    keep[axis] = slice(0, int(img.shape[axis] * 0.52)) if img.affine[2, axis] > 0 else slice(int(img.shape[axis] * 0.48), None)
+    nib.save(img.slicer[tuple(keep)], path)
+
+
 BAD_INPUTS = {
+    "b1_all_zero": (_b1_all_zero, r"B1 map .*median of 0.00 in the head"),
+    "b1_wrong_flip_angle": (_b1_wrong_flip_angle, r"median of [89]\.\d+ .*about [6-9]\d deg: pass it with --b1-flip-angle"),
+    "b1_nans": (_b1_nans, r"B1 map .* NaN/Inf"),
+    "b1_truncated": (_b1_truncated, r"could not be read"),
+    "b1_partial_coverage": (_b1_partial_coverage, r"covers only \d+% of the head.*--b1-min-coverage"),
+    "volumes_out_of_order": (_volumes_out_of_order, r"not in readout order.*inv-0_QALAS.nii.gz -> inv-1"),
+    "4d_out_of_order": (_4d_out_of_order, r"not in readout order.*order \[4, 0, 1, 2, 3\].*InversionTime"),
     "missing_b1": (_break_missing_b1, r"b1|B1"),
     "four_volumes": (_break_four_volumes, r"4 QALAS volumes|5 contrasts|five"),
     "mismatched_grids": (_break_grids, r"grid"),
@@ -281,6 +352,14 @@ def test_usage_errors_exit_2(small_bids, tmp_path):
     assert_usage_error(proc, r"positive integer")
     proc = run_cli(tmp_path / "missing", tmp_path / "out", "participant")
     assert_usage_error(proc, r"does not exist")
+
+
+def test_output_dir_that_is_a_file_exits_2(small_bids, tmp_path):
+    target = tmp_path / "out"
+    target.write_text("not a folder")
+    proc = run_cli(small_bids, target, "participant", "-w", tmp_path / "work", *FAST)
+    assert_usage_error(proc, r"cannot write to .*out: it is a file, not a folder")
+    assert target.read_text() == "not a folder"
 
 
 def test_cuda_without_gpu_exits_2(small_bids, tmp_path):

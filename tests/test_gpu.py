@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import gpu_tier_device
+from conftest import crop_slab, gpu_tier_device
 from qalas_bids.cli.demo_accuracy import _tissue_masks
 from qalas_bids.qalas.fit_volume import METHODS
 
@@ -48,16 +48,6 @@ def device_name(tier_device) -> str:
 
     props = torch.cuda.get_device_properties(0)
     return f"{props.name}, {props.total_memory / 2**30:.0f} GiB, torch {torch.__version__}"
-
-
-def crop_slab(root: Path, n_slices: int) -> None:
-    """Keep a central slab of the QALAS volumes and of the ground-truth maps (same grid)."""
-    paths = [*root.glob("sub-*/anat/*_QALAS.nii.gz"),
-             *root.glob("derivatives/groundtruth/sub-*/*/*.nii.gz")]
-    for path in paths:
-        img = nib.load(path)
-        z0 = img.shape[2] // 2 - n_slices // 2
-        nib.save(img.slicer[:, :, z0:z0 + n_slices], path)
 
 
 @pytest.fixture(scope="session")

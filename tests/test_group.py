@@ -114,3 +114,20 @@ def test_group_outputs_keep_the_derivatives_valid(tmp_path):
     issues = _json.loads(proc.stdout)["issues"]["issues"]
     errors = [(i["code"], i.get("location")) for i in issues if i["severity"] == "error"]
     assert errors == [], errors
+
+
+def test_participants_without_maps_are_listed_with_the_reason(tmp_path, caplog):
+    out = tmp_path / "out"
+    for i in range(2):
+        write_fake_derivatives(out, f"{i + 1:02d}", resolution=4.0, with_synthetic=False, seed=i)
+    crash = out / "sub-03" / "log" / "20260101-000000_x" / "crash-fit.txt"
+    crash.parent.mkdir(parents=True)
+    crash.write_text("Traceback ...")
+    (out / "sub-04" / "anat").mkdir(parents=True)
+    with caplog.at_level("WARNING", logger="qalas_bids"):
+        paths = run_group_level(out)
+    page = paths["html"].read_text()
+    assert "sub-03: no T1 map; the participant level crashed" in page and "crash-fit.txt" in page
+    assert "sub-04: no T1 map (the participant level did not finish)" in page
+    assert "sub-03 left out" in caplog.text and "sub-04 left out" in caplog.text
+    assert len(pd.read_csv(paths["tsv"], sep="\t")) == 2

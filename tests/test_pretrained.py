@@ -53,7 +53,7 @@ def test_shipped_weights_load_offline(no_network):
 
 
 def test_mismatched_timing_refused_unless_forced():
-    with pytest.raises(QalasInputError, match="another QALAS timing.*gap"):
+    with pytest.raises(QalasInputError, match="no shipped pretrained model was trained for this scan.*gap"):
         load_model(None, expected_timing=SHIFTED)
     loaded = load_model(None, expected_timing=SHIFTED, force=True)
     assert loaded.warnings and "gap" in loaded.warnings[0]

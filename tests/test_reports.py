@@ -87,3 +87,18 @@ def test_every_image_loads_in_headless_chromium(output_dir, report, tmp_path):
     body = _dump_dom(copy, tmp_path)
     assert "desc-missing_T1map.png" in re.search(r'data-images-broken="([^"]*)"', body).group(1)
     copy.unlink()
+
+
+def test_report_lists_only_the_crash_files_of_its_own_run(tmp_path):
+    from qalas_bids.reports.fake import write_fake_derivatives
+    from qalas_bids.reports.participant import make_participant_report
+
+    out = tmp_path / "out"
+    write_fake_derivatives(out, "01", resolution=4.0, with_synthetic=False)
+    for uuid, name in (("20260101-000000_old", "crash-old.txt"), ("20260102-000000_new", "crash-new.txt")):
+        (out / "sub-01" / "log" / uuid).mkdir(parents=True)
+        (out / "sub-01" / "log" / uuid / name).write_text(f"Traceback of {name}")
+    page = make_participant_report(out, "01", run_uuid="20260102-000000_new").read_text()
+    assert "crash-new.txt" in page and "crash-old.txt" not in page
+    page = make_participant_report(out, "01", run_uuid="20260103-000000_clean").read_text()
+    assert "No crash files in this run" in page

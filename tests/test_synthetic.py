@@ -141,7 +141,7 @@ def test_user_params_override_presets(brain):
     ({"contrasts": ["T3w"]}, "unknown synthetic contrast"),
     ({"params": {"FLAIR": {"TE": 0.1}}}, "unknown key"),
     ({"params": {"T1w": {"EchoTime": -1}}}, "EchoTime"),
-    ({"params": {"FLAIR": {"InversionTime": 20.0}}}, "inversion times"),
+    ({"params": {"FLAIR": {"InversionTime": 20.0}}}, "must end before RepetitionTime"),
     ({"params": {"DIR": {"InversionTime": 3.0}}}, r"\[TI1, TI2\]"),
     ({"null_mode": "guess"}, "null_mode"),
 ])
@@ -177,3 +177,16 @@ def test_nipype_interface_writes_files_in_order(tmp_path, brain):
     img = nib.load(res.outputs.out_files[1])
     assert img.shape == brain.t1[crop].shape and np.allclose(img.affine, brain.affine)
     assert res.outputs.out_files[0].startswith(str(tmp_path / "node"))
+
+
+def test_dir_solver_with_implausible_t1_never_raises_a_raw_valueerror():
+    """WM T1 of 1.5 ms (wrong maps) used to start the solver outside its bounds."""
+    from qalas_bids.qalas.errors import QalasInputError
+    from qalas_bids.qalas.synthetic import null_inversion_times
+
+    for t1s in ([4.0, 0.0015], [0.0005, 0.0002], [50.0, 0.85]):
+        try:
+            ti1, ti2 = null_inversion_times(11.0, t1s)
+        except QalasInputError:
+            continue
+        assert 0 < ti2 < ti1 < 11.0

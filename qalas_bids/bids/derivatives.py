@@ -23,7 +23,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import nibabel as nib
 import numpy as np
@@ -306,6 +306,23 @@ def write_bidsignore(out_dir: str | Path) -> Path:
         existing = path.read_text().splitlines() if path.is_file() else []
         lines = existing + [line for line in BIDSIGNORE_LINES if line not in existing]
         return atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def remove_stale_temporaries(out_dir: str | Path, subjects: Iterable[str],
+                             older_than_s: float = 600.0) -> list[Path]:
+    """Delete the hidden temporary files (``.<name>.*.tmp*``) that a killed run left in
+    these participants' folders. Only files older than ``older_than_s`` go: a concurrent
+    run's temporaries live for milliseconds. Returns what was removed."""
+    import time
+
+    removed = []
+    cutoff = time.time() - older_than_s
+    for subject in subjects:
+        for path in (Path(out_dir) / f"sub-{subject}").rglob(".*.tmp*"):
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
 
 
 def shared_file_lock(out_dir: str | Path, timeout: float = 600.0):

@@ -52,6 +52,7 @@ class QalasRun:
     entities : entities for the output names (subject/session/acquisition/reconstruction/run
         that are set; ``inv`` dropped)
     timing : sequence timing resolved at discovery (None when ``check_timing=False``)
+    warnings : warnings of the checks before the workflow, recorded in every sidecar
     """
 
     subject: str
@@ -63,6 +64,7 @@ class QalasRun:
     b1: B1Source | None = None
     entities: dict[str, str] = field(default_factory=dict)
     timing: TimingProvenance | None = None
+    warnings: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:

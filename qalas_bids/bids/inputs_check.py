@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import nibabel as nib
 import numpy as np
 
+from ..qalas.b1map import DEFAULT_MIN_COVERAGE
 from ..qalas.errors import QalasInputError
 
 N_CONTRASTS = 5
@@ -133,3 +134,97 @@ def load_qalas_run(run: Any) -> tuple[np.ndarray, Any]:
                 "images - use the magnitude reconstruction, not phase/real"
             )
     return data4d, images[0]
+
+
+def check_volume_order(run: Any, data4d: np.ndarray) -> list[str]:
+    """Refuse QALAS volumes that are not in readout order (before any work).
+
+    Uses the signal (:func:`qalas_bids.qalas.plausibility.check_readout_order`, a quick
+    fit of a voxel sample in the given order and in alternative orders, including the one
+    the sidecars' ``InversionTime`` implies). Raises :class:`QalasInputError` naming the
+    files and the order that fits; returns warnings (sidecar times that do not increase
+    although the images fit best as given).
+    """
+    from ..qalas.plausibility import check_readout_order, sample_voxels
+
+    if run.timing is None:
+        return []
+    times = list(run.metadata.get("InversionTimes") or [])
+    numeric = len(times) == N_CONTRASTS and all(isinstance(t, (int, float)) for t in times)
+    sidecar_order = tuple(int(i) for i in np.argsort(times, kind="stable")) if numeric else None
+    voxels = sample_voxels(data4d)
+    if voxels.shape[0] < 100:  # too little signal to judge; other checks handle empty images
+        return []
+    result = check_readout_order(voxels, run.timing.timing,
+                                 extra_orders=[sidecar_order] if sidecar_order else [])
+    files = [Path(f).name for f in run.qalas_files]
+    if not result.plausible:
+        if len(files) > 1:
+            fix = "rename the files so that inv-<k> is the k-th readout: " + ", ".join(
+                f"{files[src]} -> inv-{k}" for k, src in enumerate(result.best_order) if src != k)
+        else:
+            fix = (f"reorder the volumes of {files[0]} as {list(result.best_order)} (volume k of the "
+                   "new file = that volume of the old one), e.g. with nibabel")
+        hint = f"; the sidecars' InversionTime is {times}" if numeric else ""
+        raise QalasInputError(
+            f"{run.label}: the QALAS volumes are not in readout order. A quick fit of "
+            f"{result.n_voxels} voxels leaves a median residual of {100 * result.given_residual:.0f} % "
+            f"in the given order but {100 * result.best_residual:.1f} % in the order "
+            f"{list(result.best_order)}{hint}. Fix the input: {fix} (or check --vendor-preset "
+            "if the timing is another vendor's)")
+    if numeric and any(b <= a for a, b in zip(times, times[1:])):
+        return [f"the QALAS sidecars' InversionTime {times} does not increase, but the images fit "
+                "the signal model best in the given order (inv index / volume order): the sidecars "
+                "are probably wrong; fitted in the given order"]
+    return []
+
+
+def b1_node_inputs(b1_source, flip_angle_override: float | None,
+                   min_coverage: float = DEFAULT_MIN_COVERAGE) -> dict:
+    """Static inputs of :class:`B1ToQalas` for a :class:`~qalas_bids.bids.B1Source`.
+
+    TurboFLASH: the famp image and its nominal flip angle (override > famp sidecar
+    ``FlipAngle``). Ready ``TB1map``: relative map (``Units`` percent -> scale 0.01).
+    """
+    meta = dict(b1_source.metadata or {})
+    if b1_source.kind == "tfl":
+        angle = flip_angle_override if flip_angle_override is not None else meta.get("FlipAngle")
+        return {"in_file": b1_source.files["famp"], "relative": False, "flip_angle": float(angle),
+                "min_coverage": min_coverage}
+    units = str(meta.get("Units", "")).lower()
+    scale = 0.01 if units in ("percent", "%") else 1.0
+    return {"in_file": b1_source.files["map"], "relative": True, "scale": scale, "min_coverage": min_coverage}
+
+
+def check_b1_map(run: Any, data4d: np.ndarray, reference: Any, flip_angle_override: float | None,
+                 min_coverage: float = DEFAULT_MIN_COVERAGE) -> dict:
+    """Read the run's B1 map and refuse it now when it would give wrong maps later.
+
+    Does what the workflow's B1 node will do (relative B1, QALAS grid, head mask from the
+    QALAS data) and applies :func:`qalas_bids.qalas.b1map.check_b1_plausibility`. Raises
+    :class:`QalasInputError` naming the run and the file; returns the B1 summary.
+    """
+    from ..qalas.b1map import b1_in_qalas_space
+    from ..qalas.masking import compute_head_mask
+
+    inputs = b1_node_inputs(run.b1, flip_angle_override, min_coverage)
+    path = Path(inputs["in_file"])
+    image = load_nifti_header(path)
+    try:
+        data = np.asanyarray(image.dataobj, dtype=np.float32)
+    except Exception as exc:  # truncated gzip, wrong vox_offset, ...
+        raise QalasInputError(f"{run.label}: the B1 map {path.name} could not be read "
+                              f"({type(exc).__name__}: {exc}); the file is damaged or incomplete - "
+                              "re-copy or re-convert it, or fit without it (--no-b1)") from exc
+    bad = int((~np.isfinite(data)).sum())
+    if bad:
+        raise QalasInputError(f"{run.label}: the B1 map {path.name} contains {bad} NaN/Inf voxel(s): "
+                              "re-convert it, or fit without it (--no-b1)")
+    source = nib.Nifti1Image(data * inputs.get("scale", 1.0), image.affine)
+    try:
+        _, info = b1_in_qalas_space(source, inputs.get("flip_angle"), reference,
+                                    head_mask=compute_head_mask(data4d), relative=inputs["relative"],
+                                    min_coverage=min_coverage)
+    except QalasInputError as exc:
+        raise QalasInputError(f"{run.label}: B1 map {path.name}: {exc}") from None
+    return info

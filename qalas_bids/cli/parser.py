@@ -8,6 +8,7 @@ import argparse
 from pathlib import Path
 
 from .. import __version__
+from ..qalas.b1map import DEFAULT_MIN_COVERAGE
 from ..qalas.fit_volume import METHODS as FIT_MODES
 from . import validators as v
 
@@ -82,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--b1-flip-angle", type=v.flip_angle_deg, metavar="DEG",
                    help="nominal flip angle of the TurboFLASH B1 map (default: FlipAngle of the "
                         "famp sidecar; relative B1 = famp / (10 * angle))")
+    g.add_argument("--b1-min-coverage", type=v.fraction, metavar="FRACTION", default=DEFAULT_MIN_COVERAGE,
+                   help="smallest fraction of the head the B1 map must cover; B1 = 1 is assumed "
+                        "outside it (0 accepts any coverage)")
     g.add_argument("--vendor-preset", choices=VENDOR_PRESETS,
                    help="QALAS timing preset to use instead of the sidecar's Manufacturer")
     g.add_argument("--seed", type=v.non_negative_int, default=0,
@@ -126,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--use-plugin", dest="plugin_file", type=v.plugin_file, metavar="FILE",
                    help="nipype plugin YAML with 'plugin' and 'plugin_args' "
                         "(e.g. plugin: SLURMGraph); --nprocs overrides n_procs")
+    g.add_argument("--accept-qc-failures", action="store_true",
+                   help="exit 0 even when a run's maps fail the post-fit QC gate (WM T1 outside "
+                        "0.3-3 s or median residual > 15%%); the failure stays in sidecars and report")
     g.add_argument("--stop-on-first-crash", action="store_true",
                    help="stop at the first failing node instead of running the independent ones")
     g.add_argument("--reports-only", action="store_true",
@@ -157,6 +164,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      "never written to; pass -w /somewhere/else")
     if not (bids_dir / "dataset_description.json").is_file():
         parser.error(f"{bids_dir} does not look like a BIDS dataset (no dataset_description.json)")
+    if opts.no_b1 and (opts.b1_flip_angle is not None or opts.b1_min_coverage != DEFAULT_MIN_COVERAGE):
+        parser.error("--b1-flip-angle and --b1-min-coverage make no sense with --no-b1")
     if opts.no_b1 and opts.b1_flip_angle is not None:
         parser.error("--b1-flip-angle makes no sense with --no-b1")
     if opts.reports_only and opts.boilerplate_only:
@@ -172,6 +181,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error("--save-model needs a training fit mode (scan-specific or fine-tune)")
         if opts.save_model == bids_dir or bids_dir in opts.save_model.parents:
             parser.error(f"--save-model {opts.save_model} is inside bids_dir: choose another folder")
+    if opts.synth_params is not None or opts.synth_contrasts:
+        from ..qalas.errors import QalasInputError
+        from ..qalas.synthetic import resolve_params
+
+        names = [n for group in opts.synth_contrasts for n in group] if opts.synth_contrasts else None
+        try:  # checked now, not after the whole fit
+            resolve_params(names, opts.synth_params)
+        except QalasInputError as exc:
+            parser.error(str(exc))
     if opts.quiet and opts.verbose:
         parser.error("choose one of -q/--quiet and -v/--verbose")
     if opts.analysis_level == "participant" and opts.derivatives:

@@ -7,6 +7,7 @@ and never deleted.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -86,9 +87,20 @@ def check_device(settings: Settings) -> Settings:
     return settings.replace(resolved_device=info.device, plugin_args=plugin_args)
 
 
+def check_flip_angle_known(settings: Settings, run) -> None:
+    """A TurboFLASH famp map needs its nominal flip angle (sidecar or --b1-flip-angle)."""
+    if run.b1.kind == "tfl" and settings.b1_flip_angle is None and not run.b1.metadata.get("FlipAngle"):
+        raise UsageError(
+            f"{run.label}: the B1 famp sidecar ({Path(run.b1.files['famp']).name}) has no "
+            "FlipAngle: pass the B1 map's nominal flip angle with --b1-flip-angle "
+            "(Siemens tfl_b1map default: 80)")
+
+
 def discover_runs(settings: Settings) -> list:
     """Find and pre-check every QALAS run (all input errors surface here, before any work)."""
     from ..bids import collect_qalas_runs, load_qalas_run
+    from ..bids.inputs_check import check_b1_map, check_volume_order
+    from ..qalas.errors import QalasInputError
 
     runs = collect_qalas_runs(
         settings.bids_dir,
@@ -102,20 +114,23 @@ def discover_runs(settings: Settings) -> list:
     if not runs:
         raise UsageError("no QALAS runs selected: check --participant-label/--session-label and "
                          "--bids-filter-file")
-    for run in runs:
-        load_qalas_run(run)  # NaN/Inf, negative, empty contrasts
+    for index, run in enumerate(runs):
+        data4d, reference = load_qalas_run(run)  # NaN/Inf, negative, empty contrasts
+        order_warnings = check_volume_order(run, data4d)  # volumes out of readout order: exit 2
+        for warning in order_warnings:
+            LOGGER.warning("%s: %s", run.label, warning)
+        if order_warnings:
+            runs[index] = run = dataclasses.replace(run, warnings=run.warnings + tuple(order_warnings))
+        if run.b1 is not None and not settings.no_b1:
+            check_flip_angle_known(settings, run)
+            check_b1_map(run, data4d, reference, settings.b1_flip_angle, settings.b1_min_coverage)
+        del data4d
         if settings.no_b1:
             if run.b1 is not None:
                 LOGGER.warning("%s: a B1 map exists (%s) but --no-b1 was given: fitting with B1 = 1",
                                run.label, run.b1.reason)
             else:
                 LOGGER.warning("%s: no B1 map (--no-b1): T2 and IE will be biased", run.label)
-        elif run.b1 is not None and run.b1.kind == "tfl" and settings.b1_flip_angle is None:
-            if not run.b1.metadata.get("FlipAngle"):
-                raise UsageError(
-                    f"{run.label}: the B1 famp sidecar ({Path(run.b1.files['famp']).name}) has no "
-                    "FlipAngle: pass the B1 map's nominal flip angle with --b1-flip-angle "
-                    "(Siemens tfl_b1map default: 80)")
     if settings.fit_mode in ("pretrained", "fine-tune"):
         from ..qalas.pretrained import default_model_path
 
@@ -131,6 +146,16 @@ def discover_runs(settings: Settings) -> list:
                 if run.timing is not None:
                     check_model_compatibility(model, run.timing.timing, run.metadata,
                                               force=settings.force_model, label=run.label)
+        elif settings.fit_mode == "pretrained":  # a shipped model for each run's vendor timing
+            from ..qalas.pretrained import select_pretrained_model
+
+            for run in runs:
+                if run.timing is not None:
+                    try:
+                        chosen = select_pretrained_model(run.timing.timing)
+                    except QalasInputError as exc:
+                        raise UsageError(f"{run.label}: {exc}") from None
+                    LOGGER.info("%s: pretrained model %s", run.label, chosen.name)
     LOGGER.info("%d QALAS run(s) of %d participant(s) selected", len(runs),
                 len({r.subject for r in runs}))
     return runs
@@ -154,7 +179,8 @@ def write_reports(settings: Settings, subjects: list[str]) -> bool:
         return False
     for subject in subjects:
         try:
-            path = make_participant_report(settings.output_dir, subject, bids_dir=settings.bids_dir)
+            path = make_participant_report(settings.output_dir, subject, bids_dir=settings.bids_dir,
+                                           run_uuid=None if settings.reports_only else settings.run_uuid)
             LOGGER.info("Report written: %s", path)
         except Exception as exc:  # a report problem must not hide the processing result
             LOGGER.error("report for sub-%s failed: %s: %s", subject, type(exc).__name__, exc)
@@ -268,8 +294,26 @@ def lock_work_dirs(settings: Settings, runs: list, stack) -> None:
                 "work directory with -w") from None
 
 
+def qc_gate(settings: Settings, runs: list) -> int:
+    """Mark runs with implausible maps failed-QC (sidecars, report); their exit status."""
+    from ..reports.qc_gate import EXIT_QC_FAILED, apply_qc_gate
+
+    failed = apply_qc_gate(settings.output_dir, [run.label for run in runs])
+    for label, reasons in failed.items():
+        LOGGER.error("%s failed QC: %s (marked in its sidecars and report)", label, "; ".join(reasons))
+    if not failed:
+        return EXIT_OK
+    if settings.accept_qc_failures:
+        LOGGER.warning("%d run(s) failed QC; exit status 0 because of --accept-qc-failures", len(failed))
+        return EXIT_OK
+    print(f"qalas-bids: {len(failed)} run(s) failed QC (exit status {EXIT_QC_FAILED}): "
+          + ", ".join(failed) + "; pass --accept-qc-failures to exit 0 anyway", file=sys.stderr)
+    return EXIT_QC_FAILED
+
+
 def run_participant(settings: Settings) -> int:
     from ..bids import write_bidsignore, write_dataset_description
+    from ..bids.derivatives import remove_stale_temporaries
     from ..utils.bids_validation import validate_bids
     from ..utils.stage_timing import StageClock
 
@@ -289,6 +333,8 @@ def run_participant(settings: Settings) -> int:
     with clock.stage("workflow build"):
         workflow = init_qalas_bids_wf(settings=settings, runs=runs)
     settings.output_dir.mkdir(parents=True, exist_ok=True)
+    for stale in remove_stale_temporaries(settings.output_dir, _subjects(settings, runs)):
+        LOGGER.info("removed a temporary file left by an interrupted run: %s", stale)
     write_dataset_description(settings.output_dir, settings.bids_dir)
     write_bidsignore(settings.output_dir)
     LOGGER.info("Settings written to %s", settings.write_json())
@@ -317,6 +363,8 @@ def run_participant(settings: Settings) -> int:
     finally:
         write_dataset_description(settings.output_dir, settings.bids_dir)
         write_bidsignore(settings.output_dir)
+        if status == EXIT_OK:
+            status = qc_gate(settings, runs)
         with clock.stage("boilerplate and reports"):
             try:
                 write_boilerplate(settings, runs)
@@ -331,9 +379,22 @@ def run_participant(settings: Settings) -> int:
             LOGGER.warning("stage timing not written: %s: %s", type(exc).__name__, exc)
         finally:
             work_locks.close()
+    summarise_warnings(settings, runs)
     if status == EXIT_OK:
         LOGGER.info("qalas-bids finished successfully: outputs in %s", settings.output_dir)
     return status
+
+
+def summarise_warnings(settings: Settings, runs: list) -> None:
+    """Repeat every warning recorded in this invocation's sidecars at the end of the run."""
+    found = [(run, warning) for run, meta in zip(runs, run_sidecars(settings, runs))
+             for warning in meta.get("Warnings", []) or []]
+    if not found:
+        return
+    LOGGER.warning("%d warning(s) recorded in the sidecars of %d run(s) (also in the reports):", len(found),
+                   len({run.label for run, _ in found}))
+    for run, warning in found:
+        LOGGER.warning("  %s: %s", run.label, warning)
 
 
 def run_group(settings: Settings) -> int:
@@ -368,6 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         check_writable(settings.work_dir)
+        check_writable(settings.output_dir)  # read-only, or an existing file: exit 2 now
         prepare_environment(settings.work_dir, settings.omp_nthreads)
         user_errors = _user_errors()
     except PermissionError as exc:

@@ -81,6 +81,18 @@ def flip_angle_deg(value: str) -> float:
     return number
 
 
+def fraction(value: str) -> float:
+    """A fraction in [0, 1] (``0.95``; ``95%`` is accepted too)."""
+    text = value.strip()
+    try:
+        number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {value!r}") from None
+    if not 0 <= number <= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {value!r}")
+    return number
+
+
 def memory_gb(value: str) -> float:
     """Memory with optional unit (``16``, ``16G``, ``16GB``, ``16000M``, ``2T``) -> gigabytes."""
     match = _MEMORY.match(value)

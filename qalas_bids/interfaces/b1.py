@@ -8,7 +8,7 @@ import numpy as np
 from nipype.interfaces.base import (BaseInterfaceInputSpec, File, SimpleInterface,
                                     TraitedSpec, isdefined, traits)
 
-from ..qalas.b1map import b1_in_qalas_space
+from ..qalas.b1map import DEFAULT_MIN_COVERAGE, b1_in_qalas_space
 from ..utils.images import first_volume, save_like
 
 
@@ -19,6 +19,8 @@ class _B1ToQalasInputSpec(BaseInterfaceInputSpec):
     flip_angle = traits.Float(desc="nominal B1-map flip angle (degrees); needed when not relative")
     qalas_file = File(exists=True, mandatory=True, desc="4D QALAS image defining the target grid")
     mask_file = File(exists=True, desc="head mask on the QALAS grid (B1 set to 0 outside)")
+    min_coverage = traits.Float(DEFAULT_MIN_COVERAGE, usedefault=True,
+                                desc="smallest head fraction the B1 field of view must cover")
 
 
 class _B1ToQalasOutputSpec(TraitedSpec):
@@ -42,8 +44,8 @@ class B1ToQalas(SimpleInterface):
         if self.inputs.relative and self.inputs.scale != 1.0:
             source = nib.Nifti1Image(np.asarray(source.dataobj, dtype=np.float32) * self.inputs.scale,
                                      source.affine)
-        img, info = b1_in_qalas_space(source, angle, qalas,
-                                      head_mask=mask, relative=self.inputs.relative)
+        img, info = b1_in_qalas_space(source, angle, qalas, head_mask=mask, relative=self.inputs.relative,
+                                      min_coverage=self.inputs.min_coverage)
         out = os.path.join(runtime.cwd, "b1_qalas.nii.gz")
         self._results["out_file"] = save_like(np.asarray(img.dataobj), qalas, out)
         self._results["info"] = info

@@ -30,6 +30,7 @@ class _FitQalasInputSpec(BaseInterfaceInputSpec):
     num_threads = traits.Int(1, usedefault=True, desc="torch CPU threads")
     timing_sources = traits.Dict(desc="where each timing value came from (for the sidecar)")
     timing_warnings = traits.List(traits.Str, desc="timing warnings (for the sidecar)")
+    extra_warnings = traits.List(traits.Str, desc="warnings of the checks before the workflow (for the sidecar)")
     b1_info = traits.Dict(desc="B1 preparation summary (for the sidecar)")
     force_model = traits.Bool(False, usedefault=True,
                               desc="use model_path even if trained for another timing (--force-model)")
@@ -117,7 +118,7 @@ class FitQalas(SimpleInterface):
         with open(info_file, "w") as fobj:
             json.dump(info, fobj, indent=2)
         optional = {name: getattr(self.inputs, name) for name in
-                    ("timing_sources", "timing_warnings", "b1_info")
+                    ("timing_sources", "timing_warnings", "b1_info", "extra_warnings")
                     if isdefined(getattr(self.inputs, name))}
         sidecar = fit_sidecar_metadata(info, **optional)
         self._results.update(out_maps=out_maps, info=info, info_file=info_file, sidecar=sidecar)

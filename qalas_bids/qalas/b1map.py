@@ -13,7 +13,6 @@ import warnings
 
 import nibabel as nib
 import numpy as np
-from nilearn.image import resample_to_img
 
 from .errors import QalasInputError
 
@@ -21,6 +20,14 @@ LOGGER = logging.getLogger("qalas_bids")
 
 #: Range of relative B1 the fit supports (matches the dictionary's B1 bins).
 B1_RANGE = (0.65, 1.35)
+#: Relative B1 a transmit field at 3 T plausibly has in a head (before clipping).
+B1_PLAUSIBLE = (0.5, 1.5)
+#: The head median of a usable map lies in this range (a wrong nominal angle moves it out).
+B1_MEDIAN_RANGE = (0.6, 1.4)
+#: At least this fraction of the covered head must lie in :data:`B1_PLAUSIBLE`.
+MIN_PLAUSIBLE_FRACTION = 0.9
+#: Default minimum fraction of the head the B1 field of view must cover (``--b1-min-coverage``).
+DEFAULT_MIN_COVERAGE = 0.95
 
 
 def relative_b1_from_famp(famp: np.ndarray, flip_angle_deg: float) -> np.ndarray:
@@ -50,6 +57,8 @@ def resample_b1_to_qalas(b1_img: nib.spatialimages.SpatialImage,
     (:func:`nilearn.image.resample_to_img`). Voxels outside the B1 field of view get
     ``fill_value``.
     """
+    from nilearn.image import resample_to_img  # imported here: the CLI parser imports this module
+
     if b1_img.ndim == 4 and b1_img.shape[3] == 1:
         b1_img = nib.Nifti1Image(np.asanyarray(b1_img.dataobj)[..., 0], b1_img.affine)
     if b1_img.ndim != 3:
@@ -84,16 +93,53 @@ def mask_b1(b1: np.ndarray, head_mask: np.ndarray, fill: float = 0.0) -> np.ndar
     return b1
 
 
+def check_b1_plausibility(info: dict, *, min_coverage: float = DEFAULT_MIN_COVERAGE,
+                          flip_angle_deg: float | None = None) -> None:
+    """Refuse a B1 map that would silently give wrong maps (:class:`QalasInputError`).
+
+    ``info`` is the summary of :func:`b1_in_qalas_space`. Checks, in order: field-of-view
+    coverage of the head (``min_coverage``; B1 = 1 would be assumed elsewhere), the head
+    median of the unclipped relative B1 (:data:`B1_MEDIAN_RANGE`: an empty famp map or a
+    wrong nominal flip angle moves it out; the message names the angle that would give a
+    median of 1) and the fraction of head voxels in :data:`B1_PLAUSIBLE`.
+    """
+    coverage, median = info["FieldOfViewCoverage"], info["MedianUnclippedInHead"]
+    if coverage < min_coverage:
+        raise QalasInputError(
+            f"the B1 map covers only {coverage:.0%} of the head on the QALAS grid (at least "
+            f"{min_coverage:.0%} needed): B1 = 1 would be assumed in the rest, biasing T1 and T2 "
+            "there by several percent. Use a B1 map that covers the head, lower the threshold "
+            "with --b1-min-coverage if the uncovered part does not matter to you, or fit without "
+            "the map with --no-b1 (biased everywhere)")
+    if median is None or not (B1_MEDIAN_RANGE[0] <= median <= B1_MEDIAN_RANGE[1]):
+        hint = ""
+        if flip_angle_deg and median and median > 0:
+            hint = (f" If the famp sidecar's FlipAngle ({flip_angle_deg:g} deg) is wrong, the "
+                    f"nominal angle that gives a median of 1 is about {flip_angle_deg * median:.0f} "
+                    "deg: pass it with --b1-flip-angle.")
+        raise QalasInputError(
+            f"the relative B1 of the B1 map has a median of {median if median is not None else 0:.2f} "
+            f"in the head; a usable B1+ map lies around 1 (between {B1_MEDIAN_RANGE[0]} and "
+            f"{B1_MEDIAN_RANGE[1]}).{hint} If the map is empty or not a flip-angle map, fix the "
+            "B1 data or fit without it (--no-b1)")
+    if info["FractionPlausible"] < MIN_PLAUSIBLE_FRACTION:
+        raise QalasInputError(
+            f"only {info['FractionPlausible']:.0%} of the head has a relative B1 between "
+            f"{B1_PLAUSIBLE[0]} and {B1_PLAUSIBLE[1]} (at least {MIN_PLAUSIBLE_FRACTION:.0%} expected): "
+            "the B1 map is damaged, misregistered or not a B1 map - check it, or use --no-b1")
+
+
 def b1_in_qalas_space(famp_img: nib.spatialimages.SpatialImage, flip_angle_deg: float,
                       qalas_img: nib.spatialimages.SpatialImage,
                       head_mask: np.ndarray | None = None,
-                      relative: bool = False) -> tuple[nib.Nifti1Image, dict]:
+                      relative: bool = False,
+                      min_coverage: float = DEFAULT_MIN_COVERAGE) -> tuple[nib.Nifti1Image, dict]:
     """Full B1 preparation: relative B1 -> QALAS grid -> clip -> mask outside the head.
 
     ``famp_img`` is a TurboFLASH famp image (``relative=False``) or an already relative B1
     map (``relative=True``, ``flip_angle_deg`` ignored). Returns the image (0 outside the
     head when a mask is given) and a JSON-friendly summary (fraction clipped, coverage).
-    Raises :class:`QalasInputError` when the B1 field of view misses most of the head.
+    Raises :class:`QalasInputError` for an implausible map (:func:`check_b1_plausibility`).
     """
     data = np.asarray(famp_img.dataobj, dtype=np.float32)
     if data.ndim == 4 and data.shape[3] == 1:
@@ -110,11 +156,7 @@ def b1_in_qalas_space(famp_img: nib.spatialimages.SpatialImage, flip_angle_deg: 
     region = head_mask.astype(bool) if head_mask is not None else np.ones(covered.shape, bool)
     n_region = int(region.sum())
     coverage = float((covered & region).sum() / n_region) if n_region else 0.0
-    if coverage < 0.5:
-        raise QalasInputError(
-            f"the B1 map covers only {coverage:.0%} of the head on the QALAS grid: the B1 map and "
-            "the QALAS images do not overlap (wrong B1 file paired, or broken affines?)"
-        )
+    raw = resampled[covered & region]
     # Outside the B1 field of view assume nominal B1 rather than an extrapolated value.
     resampled = np.where(covered, resampled, 1.0)
     inside = resampled[region]
@@ -127,9 +169,17 @@ def b1_in_qalas_space(famp_img: nib.spatialimages.SpatialImage, flip_angle_deg: 
         "FractionClipped": round(clipped, 4),
         "ClipRange": list(B1_RANGE),
         "MedianInHead": float(np.median(b1[region])) if n_region else None,
+        "MedianUnclippedInHead": float(np.median(raw)) if raw.size else None,
+        "FractionPlausible": round(float(np.mean((raw >= B1_PLAUSIBLE[0]) & (raw <= B1_PLAUSIBLE[1]))), 4)
+                             if raw.size else 0.0,
     }
-    if coverage < 0.98:
-        LOGGER.warning("B1 map covers %.0f%% of the head; B1 = 1 assumed in the rest", 100 * coverage)
+    check_b1_plausibility(info, min_coverage=min_coverage, flip_angle_deg=None if relative else flip_angle_deg)
+    warnings_ = []
+    if coverage < 0.999:
+        warnings_.append(f"the B1 map covers {100 * coverage:.1f}% of the head; B1 = 1 was assumed in the rest")
     if clipped > 0.05:
-        LOGGER.warning("%.0f%% of head voxels had B1 outside %s and were clipped", 100 * clipped, B1_RANGE)
+        warnings_.append(f"{100 * clipped:.0f}% of head voxels had B1 outside {list(B1_RANGE)} and were clipped")
+    for warning in warnings_:
+        LOGGER.warning(warning)
+    info["Warnings"] = warnings_
     return nib.Nifti1Image(b1, qalas_img.affine), info

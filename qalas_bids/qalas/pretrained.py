@@ -8,8 +8,9 @@ A model file is a small ``torch.save`` dictionary loadable with ``weights_only=T
 :class:`~qalas_bids.qalas.network.NetworkConfig`), ``timing`` (the sequence timing the
 weights were trained for, seconds), ``input_normalisation``, ``ranges``,
 ``software_version``, ``training`` (provenance) and ``loss_history``.
-The shipped prior lives in ``qalas_bids/data/ssl_pretrained_siemens.pt`` (a JSON copy of
-its config sits next to it); user-trained cohort models use the same format.
+The shipped priors live in ``qalas_bids/data/ssl_pretrained_<vendor>.pt``, one per vendor
+timing preset (a JSON copy of each config sits next to it); ``pretrained`` picks the one
+trained for the scan's timing. User-trained cohort models use the same format.
 """
 from __future__ import annotations
 
@@ -58,6 +59,46 @@ def default_model_path() -> Path:
     return Path(str(resources.files("qalas_bids") / "data" / DEFAULT_MODEL_NAME))
 
 
+def shipped_models() -> list[Path]:
+    """The shipped pretrained models (one per vendor timing preset), Siemens first."""
+    folder = default_model_path().parent
+    return sorted(folder.glob("ssl_pretrained_*.pt"), key=lambda p: (p.name != DEFAULT_MODEL_NAME, p.name))
+
+
+def _model_timing(path: Path) -> SequenceTiming:
+    """Timing a model was trained for, from its JSON copy (no torch.load needed)."""
+    sidecar = path.with_suffix(".json")
+    if sidecar.is_file():
+        return SequenceTiming(**json.loads(sidecar.read_text())["timing"])
+    return SequenceTiming(**torch.load(path, map_location="cpu", weights_only=True)["config"]["timing"])
+
+
+def select_pretrained_model(timing: SequenceTiming, *, strict: bool = True) -> Path:
+    """The shipped model trained for ``timing`` (every field within :data:`TIMING_RTOL`).
+
+    ``strict=False`` (fine-tune, forced models) returns the closest one when none matches.
+    Raises :class:`QalasInputError` naming the shipped protocols and the fix otherwise.
+    """
+    candidates = []
+    for path in shipped_models():
+        model_timing = _model_timing(path)
+        diff = timing.differs_from(model_timing, rtol=TIMING_RTOL)
+        distance = sum(abs(a - b) / max(abs(b), 1e-12) for a, b in diff.values())
+        candidates.append((len(diff), distance, path, diff, model_timing.vendor))
+    if not candidates:
+        raise QalasInputError("no shipped SSL model found: reinstall qalas-bids (the weights are package data)")
+    n_diff, _, best, diff, _ = min(candidates, key=lambda c: (c[0], c[1]))
+    if n_diff == 0 or not strict:
+        return best
+    shipped = ", ".join(f"{c[4]} ({c[2].name})" for c in candidates)
+    detail = ", ".join(f"{k}: scan {a:g} vs model {b:g}" for k, (a, b) in sorted(diff.items()))
+    raise QalasInputError(
+        f"no shipped pretrained model was trained for this scan's QALAS timing (vendor preset "
+        f"{timing.vendor}; shipped: {shipped}; closest {best.name} differs in {detail}). Use "
+        "--fit-mode fine-tune (adapts the closest model to this scan) or scan-specific, or a model "
+        "trained for this protocol (--model, see qalas-bids-train)")
+
+
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -96,13 +137,17 @@ def save_model(path: str | Path, net: QalasNet, config: dict[str, Any]) -> Path:
 
 def load_model(path: str | Path | None = None, expected_timing: SequenceTiming | None = None,
                force: bool = False, device: torch.device | str = "cpu") -> LoadedModel:
-    """Load weights saved by :func:`save_model` (``None`` = the shipped prior).
+    """Load weights saved by :func:`save_model` (``None`` = the shipped model for
+    ``expected_timing``, see :func:`select_pretrained_model`; the Siemens one without it).
 
     When ``expected_timing`` (the scan's timing) differs from the model's by more than
     2 % in any field, raises :class:`QalasInputError` naming the fields, unless ``force``
     (then the mismatch is recorded in ``LoadedModel.warnings``). Never uses the network.
     """
-    path = Path(path) if path is not None else default_model_path()
+    if path is None:
+        path = (select_pretrained_model(expected_timing, strict=not force) if expected_timing is not None
+                else default_model_path())
+    path = Path(path)
     if not path.is_file():
         raise QalasInputError(f"SSL model file not found: {path}. Pass an existing --model file "
                               "or reinstall qalas-bids (the shipped weights are package data).")
@@ -133,7 +178,7 @@ def load_model(path: str | Path | None = None, expected_timing: SequenceTiming |
             message = (f"SSL model {path.name} was trained for another QALAS timing ({detail}); "
                        "its maps would be biased")
             if not force:
-                raise QalasInputError(message + ". Use --method fine-tune or scan-specific, a model "
+                raise QalasInputError(message + ". Use --fit-mode fine-tune or scan-specific, a model "
                                       "trained for this protocol, or force it (--force-model).")
             loaded.warnings.append(message + " (used anyway because forced)")
             LOGGER.warning(loaded.warnings[-1])

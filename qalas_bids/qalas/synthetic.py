@@ -115,9 +115,16 @@ def null_inversion_times(
         ti1 = x[1] + x[0]  # x = (spacing between inversions, TI2)
         return [float(inversion_recovery_mz(t, tr, [ti1, x[1]], ie)) for t, ie in zip(null_t1, ies)]
 
-    # Start from the textbook DIR at 3 T: TI2 ≈ 0.3·T1_short·..., spacing ≈ 0.6·T1_long.
-    x0 = [0.6 * max(null_t1), 0.45 * min(null_t1)]
-    sol = optimize.least_squares(residual, x0, bounds=([1e-3, 1e-3], [tr, tr]), xtol=1e-12, ftol=1e-12)
+    # Start from the textbook DIR at 3 T: TI2 ≈ 0.3·T1_short·..., spacing ≈ 0.6·T1_long,
+    # kept strictly inside the bounds (implausible T1s, e.g. a few ms, would start outside).
+    lo, hi = 1e-3, tr
+    x0 = [min(max(0.6 * max(null_t1), 2 * lo), 0.9 * hi), min(max(0.45 * min(null_t1), 2 * lo), 0.9 * hi)]
+    try:
+        sol = optimize.least_squares(residual, x0, bounds=([lo, lo], [hi, hi]), xtol=1e-12, ftol=1e-12)
+    except ValueError as exc:  # scipy's own complaint: report ours, with the fix
+        raise QalasInputError(
+            f"no double-inversion times null T1 = {null_t1} s with TR = {tr} s ({exc}); "
+            "set InversionTime for DIR explicitly in --synth-params.") from None
     if not sol.success or max(abs(r) for r in sol.fun) > 1e-6 or sol.x.sum() >= tr:
         raise QalasInputError(
             f"no double-inversion times null T1 = {null_t1} s with TR = {tr} s; "
@@ -176,6 +183,10 @@ def resolve_params(contrasts: list[str] | None, params: Mapping[str, Any] | None
                     f"--synth-params {name}: InversionTime must be {'[TI1, TI2]' if need == 2 else 'one number'} "
                     f"in seconds (or \"auto\"), got {ti!r}."
                 )
+            if sum(tis) >= spec["RepetitionTime"]:
+                raise QalasInputError(
+                    f"--synth-params {name}: InversionTime {ti!r} must end before RepetitionTime "
+                    f"({spec['RepetitionTime']} s).")
             spec["InversionTime"] = [float(t) for t in tis]
         resolved[name] = spec
     return resolved

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import io
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from .collect import MAP_SUFFIXES, find_runs
 from .participant import render_page
 from .summaries import MAP_UNITS, RESIDUAL_FLAG, TISSUES, column_dictionary, html_table, load_run, run_summary
 
+LOGGER = logging.getLogger("qalas_bids")
 TSV_NAME = "group_T1T2PDIE.tsv"
 OUTLIER_Z = 3.5
 MIN_RUNS_FOR_OUTLIERS = 4
@@ -44,6 +46,9 @@ def data_dictionary(columns: list[str], tissue_source: str) -> dict[str, dict[st
         "n_warnings": {"Description": "number of warnings recorded in the T1map sidecar"},
         "qc_no_b1": {"Description": "1 when no B1+ map was used (B1 = 1 assumed)", "Levels": {"0": "B1 used", "1": "no B1"}},
         "qc_high_residual": {"Description": f"1 when residual_median > {RESIDUAL_FLAG}", "Levels": {"0": "ok", "1": "flagged"}},
+        "qc_failed": {"Description": "1 when the run failed the participant level's post-fit QC gate "
+                      "(QC.Status in its sidecars; WM median T1 outside 0.3-3 s or median residual > 15 %)",
+                      "Levels": {"0": "passed", "1": "failed"}},
         "qc_outlier_columns": {"Description": f"columns whose robust z-score across runs exceeds {OUTLIER_Z} "
                                "(0.6745*(x - median)/MAD; only with at least 4 runs); n/a if none"},
     }
@@ -61,6 +66,26 @@ def data_dictionary(columns: list[str], tissue_source: str) -> dict[str, dict[st
         return None
 
     return column_dictionary(columns, fixed, describe)
+
+
+def dropped_participants(out_dir: Path, included: set[str]) -> dict[str, str]:
+    """``sub-*`` folders of the output without a fitted run, with the likely reason."""
+    dropped = {}
+    for folder in sorted(p for p in out_dir.glob("sub-*") if p.is_dir()):
+        if folder.name in included:
+            continue
+        crashes = sorted(folder.glob("log/*/crash*"))
+        dropped[folder.name] = (f"no T1 map; the participant level crashed (latest crash file: "
+                                f"{crashes[-1].relative_to(out_dir)})" if crashes else
+                                "no T1 map (the participant level did not finish)")
+    return dropped
+
+
+def _dropped_html(dropped: dict[str, str]) -> str:
+    if not dropped:
+        return ""
+    items = "".join(f"<li>{html.escape(p)}: {html.escape(r)}</li>" for p, r in dropped.items())
+    return f"<h3>Participants left out</h3><ul>{items}</ul>"
 
 
 def flag_outliers(table: pd.DataFrame) -> pd.DataFrame:
@@ -106,7 +131,7 @@ def _strip_plots(table: pd.DataFrame, flags: pd.DataFrame, path: Path) -> Path:
 
 def _html_table(table: pd.DataFrame, flags: pd.DataFrame) -> str:
     shown = ["participant_id", "session_id", "run"] + [c for c in table.columns if c.endswith("_median")] + [
-        "qc_no_b1", "qc_high_residual"]
+        "qc_no_b1", "qc_high_residual", "qc_failed"]
     outlier = lambda idx, col: "outlier" if col in flags and flags.at[idx, col] else ""  # noqa: E731
     return f"<div style='overflow-x:auto'>{html_table(table, shown, cell_class=outlier)}</div>"
 
@@ -124,6 +149,9 @@ def run_group_level(output_dir: str | Path, derivatives_dir: str | Path | None =
         rows.append(run_summary(loaded))
         sources.add(loaded.tissue_source.split(" (")[0] if derivatives_dir is None else loaded.tissue_source)
     table = pd.DataFrame(rows)
+    dropped = dropped_participants(out_dir, set(table["participant_id"]))
+    for participant, reason in dropped.items():
+        LOGGER.warning("group level: %s left out: %s", participant, reason)
     flags = flag_outliers(table)
     table["qc_outlier_columns"] = [",".join(c for c in flags.columns if flags.at[i, c]) or "n/a" for i in table.index]
     buf = io.StringIO()
@@ -143,6 +171,7 @@ def run_group_level(output_dir: str | Path, derivatives_dir: str | Path | None =
             f"{n_out} outlying values (red; robust z &gt; {OUTLIER_Z}"
             f"{'' if len(table) >= MIN_RUNS_FOR_OUTLIERS else f', needs at least {MIN_RUNS_FOR_OUTLIERS} runs'}).</p>"
             f"<p class='note'>{html.escape(tissue_source)}</p>"
+            f"{_dropped_html(dropped)}"
             f"<h2 id='distributions'>Distributions</h2><img src='{paths['figure'].relative_to(out_dir).as_posix()}' "
             "alt='per-tissue medians'>"
             f"<h2 id='table'>Per-run values</h2>{_html_table(table, flags)}"

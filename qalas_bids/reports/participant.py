@@ -230,20 +230,22 @@ def _methods_html(out_dir: Path) -> str:
     return markdown_to_html(render_markdown({}, runs_from_derivatives(out_dir))[0])
 
 
-def _crash_files(out_dir: Path, subject: str) -> str:
-    crashes = sorted((out_dir / f"sub-{subject}" / "log").glob("*/crash*.txt"))
+def _crash_files(out_dir: Path, subject: str, run_uuid: str | None = None) -> str:
+    """Crash files of the invocation ``run_uuid`` (all invocations when ``None``)."""
+    crashes = sorted((out_dir / f"sub-{subject}" / "log").glob(f"{run_uuid or '*'}/crash*.txt"))
     if not crashes:
-        return "<p class='note'>No crash files.</p>"
+        return "<p class='note'>No crash files" + (" in this run." if run_uuid else ".") + "</p>"
     return "".join(f"<h4>{_e(c.name)}</h4><pre>{_e(c.read_text(errors='replace')[-5000:])}</pre>" for c in crashes)
 
 
 def make_participant_report(output_dir: str | Path, subject_label: str, *, bids_dir: str | Path | None = None,
                             derivatives_dir: str | Path | None = None,
-                            warnings: Sequence[str] = ()) -> Path:
+                            warnings: Sequence[str] = (), run_uuid: str | None = None) -> Path:
     """Write ``<output_dir>/sub-<label>.html`` (+ figures) from the derivatives on disk.
 
     ``bids_dir`` (optional) lets the report show the raw QALAS image and raw B1 map;
-    ``warnings`` are extra messages (e.g. from the workflow log) listed with the sidecar ones.
+    ``warnings`` are extra messages (e.g. from the workflow log) listed with the sidecar ones;
+    ``run_uuid`` limits the crash files shown to those of that invocation.
     """
     out_dir = Path(output_dir).absolute()
     subject = subject_label.removeprefix("sub-")
@@ -258,7 +260,7 @@ def make_participant_report(output_dir: str | Path, subject_label: str, *, bids_
         sections.append(_run_section(out_dir, loaded, bids_dir, warnings))
         nav.append((run.label, run.label))
     sections.append("<h2 id='methods'>Methods</h2>" + _methods_html(out_dir))
-    sections.append("<h2 id='errors'>Errors</h2>" + _crash_files(out_dir, subject))
+    sections.append("<h2 id='errors'>Errors</h2>" + _crash_files(out_dir, subject, run_uuid))
     nav += [("methods", "Methods"), ("errors", "Errors")]
     page = render_page(f"qalas-bids report: sub-{subject}", nav, "\n".join(sections))
     return atomic_write_text(out_dir / f"sub-{subject}.html", page)

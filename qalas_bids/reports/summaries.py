@@ -143,6 +143,7 @@ def run_summary(loaded: LoadedRun) -> dict[str, Any]:
     row["n_warnings"] = len(side.get("Warnings", []) or [])
     row["qc_no_b1"] = int(loaded.run.b1 is None)
     row["qc_high_residual"] = int(np.isfinite(row["residual_median"]) and row["residual_median"] > RESIDUAL_FLAG)
+    row["qc_failed"] = int((side.get("QC") or {}).get("Status") == "failed")
     return row
 
 

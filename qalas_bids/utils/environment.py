@@ -7,6 +7,8 @@ from pathlib import Path
 
 
 def _writable(path: Path) -> bool:
+    if path.exists() and not path.is_dir():
+        return False
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path):
@@ -19,8 +21,9 @@ def _writable(path: Path) -> bool:
 def check_writable(path: Path) -> None:
     """Raise ``PermissionError`` with a hint if ``path`` cannot be created/written."""
     if not _writable(path):
-        raise PermissionError(f"cannot write to {path}: choose another folder (check permissions "
-                              "and, in containers, the bind mounts)")
+        what = "is a file, not a folder" if path.exists() and not path.is_dir() else "is not writable"
+        raise PermissionError(f"cannot write to {path}: it {what}; choose another folder (check "
+                              "permissions and, in containers, the bind mounts)")
 
 
 def prepare_environment(work_dir: Path, omp_nthreads: int) -> dict[str, str]:

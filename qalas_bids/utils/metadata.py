@@ -73,7 +73,8 @@ def map_metadata(fit_mode: str, sources: list[str], b1_source: dict | None) -> l
 
 def fit_sidecar_metadata(info: dict[str, Any], timing_sources: dict[str, str] | None = None,
                          timing_warnings: list[str] | None = None,
-                         b1_info: dict[str, Any] | None = None) -> dict[str, Any]:
+                         b1_info: dict[str, Any] | None = None,
+                         extra_warnings: list[str] | None = None) -> dict[str, Any]:
     """Dynamic sidecar keys from ``VolumeFit.info`` (SequenceTiming, FitInfo, Warnings...)."""
     fit_info = {
         "Device": info.get("device"),
@@ -101,7 +102,8 @@ def fit_sidecar_metadata(info: dict[str, Any], timing_sources: dict[str, str] | 
         "SequenceTiming": info.get("timing", {}),
         "TimingSources": dict(timing_sources or {}),
         "FitInfo": fit_info,
-        "Warnings": list(timing_warnings or []) + list(info.get("warnings", [])),
+        "Warnings": list(timing_warnings or []) + list(extra_warnings or []) + list(info.get("warnings", []))
+                    + list((b1_info or {}).get("Warnings", [])),
     }
     if b1_info:
         meta["B1Summary"] = b1_info

@@ -74,6 +74,8 @@ def init_qalas_wf(*, run, settings, name: str | None = None):
                   name="fit", **fit_resources(run, settings))
     if settings.ssl_options:
         fit.inputs.ssl_options = settings.ssl_options
+    if run.warnings:
+        fit.inputs.extra_warnings = list(run.warnings)
     if settings.model_path:
         fit.inputs.model_path = str(settings.model_path)
         fit.inputs.force_model = settings.force_model
@@ -106,7 +108,8 @@ def init_qalas_wf(*, run, settings, name: str | None = None):
         (sinks, outputnode, [("outputnode.out_files", "out_files")]),
     ])
     if run.b1 is not None and not settings.no_b1:
-        b1_wf = init_b1_wf(b1_source=run.b1, flip_angle=settings.b1_flip_angle)
+        b1_wf = init_b1_wf(b1_source=run.b1, flip_angle=settings.b1_flip_angle,
+                           min_coverage=settings.b1_min_coverage)
         workflow.connect([
             (load, b1_wf, [("out_file", "inputnode.qalas_file")]),
             (mask, b1_wf, [("out_mask", "inputnode.mask_file")]),
