@@ -171,9 +171,15 @@ def test_detect_container(tmp_path):
     assert detect_container(tmp_path, environ={"APPTAINER_CONTAINER": "/img/q.sif"}) == {
         "Type": "singularity", "URI": "/img/q.sif"}
     (tmp_path / ".dockerenv").touch()
-    docker = detect_container(tmp_path, environ={})
+    assert detect_container(tmp_path, environ={}, prefix="/usr") is None  # native install in a container
+    docker = detect_container(tmp_path, environ={}, prefix="/opt/qalas-venv")
     assert docker["Type"] == "docker" and docker["Tag"].startswith("qalas-bids/qalas-bids:")
-    assert detect_container(tmp_path, environ={"QALAS_BIDS_CONTAINER_TAG": "me/q:dev"})["Tag"] == "me/q:dev"
+    assert detect_container(tmp_path, environ={"QALAS_BIDS_CONTAINER_TAG": "me/q:dev"},
+                            prefix="/opt/qalas-venv")["Tag"] == "me/q:dev"
+    (tmp_path / ".dockerenv").unlink()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".containerenv").touch()  # podman
+    assert detect_container(tmp_path, environ={}, prefix="/opt/qalas-venv")["Type"] == "docker"
 
 
 def test_bidsignore_idempotent(tmp_path):

@@ -249,15 +249,25 @@ def _with_spatial_reference(name: str, metadata: Mapping[str, Any], rel_path: An
 
 
 # --------------------------------------------------------------------------- dataset files
-def detect_container(root: str | Path = "/", environ: Mapping[str, str] | None = None) -> dict | None:
-    """``GeneratedBy.Container`` when running in Docker or Singularity/Apptainer, else None.
+#: Where the qalas-bids image (Dockerfile) installs the package.
+IMAGE_PREFIX = Path("/opt/qalas-venv")
 
-    Docker is detected by ``/.dockerenv``; Singularity/Apptainer by ``SINGULARITY_CONTAINER``
-    / ``APPTAINER_CONTAINER`` or ``/.singularity.d``. ``QALAS_BIDS_CONTAINER_TAG`` overrides
-    the reported tag.
+
+def detect_container(root: str | Path = "/", environ: Mapping[str, str] | None = None,
+                     prefix: str | Path | None = None) -> dict | None:
+    """``GeneratedBy.Container`` when running in the qalas-bids image, else None.
+
+    The image (Docker or podman) is recognised by ``/.dockerenv`` or ``/run/.containerenv``
+    *and* this interpreter being the image's ``/opt/qalas-venv`` (a native install inside
+    some other container is not "the container"); Singularity/Apptainer by
+    ``SINGULARITY_CONTAINER`` / ``APPTAINER_CONTAINER`` or ``/.singularity.d``.
+    ``QALAS_BIDS_CONTAINER_TAG`` overrides the reported tag.
     """
+    import sys
+
     environ = os.environ if environ is None else environ
     root = Path(root)
+    prefix = Path(sys.prefix if prefix is None else prefix)
     tag = environ.get("QALAS_BIDS_CONTAINER_TAG")
     image = environ.get("SINGULARITY_CONTAINER") or environ.get("APPTAINER_CONTAINER")
     if image or (root / ".singularity.d").exists():
@@ -265,7 +275,8 @@ def detect_container(root: str | Path = "/", environ: Mapping[str, str] | None =
         if tag or image:
             out["URI"] = tag or image
         return out
-    if (root / ".dockerenv").exists():
+    oci = (root / ".dockerenv").exists() or (root / "run" / ".containerenv").exists()
+    if oci and prefix == IMAGE_PREFIX:
         return {"Type": "docker", "Tag": tag or f"qalas-bids/qalas-bids:{__version__}"}
     return None
 

@@ -95,7 +95,7 @@ def resolve_timing(
         raise QalasInputError(
             f"sequence timing of {run.label} (sidecar of {Path(run.qalas_files[0]).name}): {exc}. "
             "Fix the sidecar, or choose the timing with --vendor-preset {siemens,ge,philips} "
-            "and the timing override options"
+            "(it sets every timing value the sidecar lacks)"
         ) from exc
     for warning in prov.warnings:
         LOGGER.warning("%s: %s", run.label, warning)

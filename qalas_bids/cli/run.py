@@ -17,7 +17,7 @@ from ..config import Settings
 from .parser import parse_args
 
 LOGGER = logging.getLogger("qalas_bids")
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class UsageError(Exception):
@@ -232,6 +232,34 @@ def find_crash_files(settings: Settings) -> list[Path]:
     return sorted(p for pat in patterns for p in settings.output_dir.glob(pat))
 
 
+INTERRUPTED_MESSAGE = "qalas-bids: interrupted (Ctrl-C); finished outputs are kept, re-run to complete"
+
+
+def quiet_interrupts() -> None:
+    """Ctrl-C while the workflow runs: one line and exit 130, at once.
+
+    The main process and the MultiProc workers forked from it leave immediately (no
+    traceback per worker, no "broken process pool" from nipype's callbacks). Nothing is
+    lost: derivatives are written atomically (leftover temporaries are removed by the next
+    run), the dataset files were written before the workflow, locks die with the process.
+    An ignored SIGINT (background jobs) stays ignored.
+    """
+    import os
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return
+    main_pid = os.getpid()
+
+    def on_sigint(signum, frame):
+        if os.getpid() == main_pid:
+            sys.stderr.write(INTERRUPTED_MESSAGE + "\n")
+            sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
+
+    signal.signal(signal.SIGINT, on_sigint)
+
+
 def run_workflow(workflow, settings: Settings):
     """Run with the chosen plugin; with SLURMGraph, also wait for the submitted jobs.
 
@@ -241,6 +269,7 @@ def run_workflow(workflow, settings: Settings):
     import time as _time
 
     started = _time.time()
+    quiet_interrupts()
     execgraph = workflow.run(plugin=settings.plugin, plugin_args=dict(settings.plugin_args))
     if settings.plugin == "SLURMGraph":
         from ..utils.slurm_wait import submitted_job_names, wait_for_slurm_jobs
@@ -344,27 +373,31 @@ def run_participant(settings: Settings) -> int:
 
     status = EXIT_OK
     execgraph = None
-    work_locks = contextlib.ExitStack()
-    lock_work_dirs(settings, runs, work_locks)
-    try:
-        LOGGER.info("Running %s with the %s plugin %s (work dir %s)", workflow.name,
-                    settings.plugin, settings.plugin_args, settings.work_dir)
-        with clock.stage("workflow run (all nodes, wall)"):
-            execgraph = run_workflow(workflow, settings)
-    except Exception as exc:  # nipype raises RuntimeError after running what it could
-        status = EXIT_FAILURE
-        crashes = find_crash_files(settings)
-        LOGGER.critical("Processing failed: %s", exc)
-        for crash in crashes:
-            LOGGER.critical("Crash file: %s", crash)
-            print(f"qalas-bids: crash file: {crash}", file=sys.stderr)
-        if not crashes:
-            LOGGER.critical("No crash file found under %s", settings.output_dir)
-    finally:
-        write_dataset_description(settings.output_dir, settings.bids_dir)
-        write_bidsignore(settings.output_dir)
+    with contextlib.ExitStack() as work_locks:  # released on every way out, Ctrl-C included
+        lock_work_dirs(settings, runs, work_locks)
+        try:
+            LOGGER.info("Running %s with the %s plugin %s (work dir %s)", workflow.name,
+                        settings.plugin, settings.plugin_args, settings.work_dir)
+            with clock.stage("workflow run (all nodes, wall)"):
+                execgraph = run_workflow(workflow, settings)
+        except Exception as exc:  # nipype raises RuntimeError after running what it could
+            status = EXIT_FAILURE
+            crashes = find_crash_files(settings)
+            LOGGER.critical("Processing failed: %s", exc)
+            for crash in crashes:
+                LOGGER.critical("Crash file: %s", crash)
+                print(f"qalas-bids: crash file: {crash}", file=sys.stderr)
+            if not crashes:
+                LOGGER.critical("No crash file found under %s", settings.output_dir)
+        finally:
+            write_dataset_description(settings.output_dir, settings.bids_dir)
+            write_bidsignore(settings.output_dir)
         if status == EXIT_OK:
-            status = qc_gate(settings, runs)
+            try:
+                status = qc_gate(settings, runs)
+            except Exception as exc:  # a QC problem must not hide finished maps
+                LOGGER.error("post-fit QC could not run: %s: %s", type(exc).__name__, exc)
+                status = EXIT_FAILURE
         with clock.stage("boilerplate and reports"):
             try:
                 write_boilerplate(settings, runs)
@@ -377,8 +410,6 @@ def run_participant(settings: Settings) -> int:
             report_timing(settings, clock, execgraph)
         except Exception as exc:  # informative only: never changes the exit status
             LOGGER.warning("stage timing not written: %s: %s", type(exc).__name__, exc)
-        finally:
-            work_locks.close()
     summarise_warnings(settings, runs)
     if status == EXIT_OK:
         LOGGER.info("qalas-bids finished successfully: outputs in %s", settings.output_dir)
@@ -448,8 +479,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"qalas-bids: error: {exc}", file=sys.stderr)
         status = EXIT_USAGE
     except KeyboardInterrupt:
-        print("qalas-bids: interrupted", file=sys.stderr)
-        status = 130
+        print(INTERRUPTED_MESSAGE, file=sys.stderr)
+        status = EXIT_INTERRUPTED
     sys.exit(status)
 
 
