@@ -288,3 +288,13 @@ def test_demo_dataset_is_discovered(tmp_path):
         assert f"run-{run.run}" in run.b1.files["famp"]
         data, ref = load_qalas_run(run)
         assert data.shape[-1] == 5 and data.shape[:3] == ref.shape[:3]
+
+
+def test_disagreeing_sidecars_are_a_recorded_warning():
+    from qalas_bids.bids.discovery import sidecar_disagreements
+
+    metas = [{"FlipAngle": 4, "Manufacturer": "Siemens"}] * 4 + [{"FlipAngle": 5, "Manufacturer": "Siemens"}]
+    names = [f"inv-{k}" for k in range(5)]
+    (warning,) = sidecar_disagreements(metas, names)
+    assert "disagree on FlipAngle" in warning and "inv-4: 5" in warning
+    assert sidecar_disagreements(metas[:4], names[:4]) == []

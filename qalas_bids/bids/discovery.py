@@ -99,11 +99,19 @@ def resolve_timing(
         ) from exc
     for warning in prov.warnings:
         LOGGER.warning("%s: %s", run.label, warning)
+    for warning in missing_key_warnings(run, prov):
+        LOGGER.warning("%s: %s", run.label, warning)
+    return prov
+
+
+def missing_key_warnings(run: QalasRun, prov: TimingProvenance) -> list[str]:
+    """Warnings for QALAS sidecar keys whose value had to come from the vendor preset."""
+    out = []
     for key, field_name in (("FlipAngle", "flip_angle"), ("EchoTrainLength", "tf")):
         if run.metadata.get(key) is None and not prov.sources[field_name].startswith(("sidecar", "override")):
-            LOGGER.warning("%s: the QALAS sidecar has no %s; using %s = %s from %s", run.label,
-                           key, field_name, getattr(prov.timing, field_name), prov.sources[field_name])
-    return prov
+            out.append(f"the QALAS sidecar has no {key}; using {field_name} = "
+                       f"{getattr(prov.timing, field_name)} from {prov.sources[field_name]}")
+    return out
 
 
 def format_timing(prov: TimingProvenance) -> str:
@@ -172,6 +180,22 @@ def _run_files(group: Sequence[Any]) -> list[Any]:
             f"QALAS volume indices {indices} ({names}) are not consecutive: the inv-<n> index "
             "must give the readout order (0-4 or 1-5); rename the files")
     return [by_index[i][0] for i in indices]
+
+
+#: Sidecar keys the five volumes of one acquisition must share (the first one is used).
+SHARED_KEYS = ("Manufacturer", "FlipAngle", "RepetitionTime", "EchoTime", "EchoTrainLength",
+               "T2PrepDuration", "MagneticFieldStrength")
+
+
+def sidecar_disagreements(metas: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[str]:
+    """Warnings for :data:`SHARED_KEYS` whose value differs between the volumes' sidecars."""
+    out = []
+    for key in SHARED_KEYS:
+        values = [m.get(key) for m in metas]
+        if len({json.dumps(v, sort_keys=True) for v in values}) > 1:
+            detail = ", ".join(f"{n}: {v!r}" for n, v in zip(names, values))
+            out.append(f"the QALAS sidecars disagree on {key} ({detail}); the first volume's value is used")
+    return out
 
 
 def _inversion_times(metas: Sequence[Mapping[str, Any]]) -> list:
@@ -273,6 +297,7 @@ def collect_qalas_runs(
                 "--bids-filter-file")
         names_seen[name_key] = first
         metas = [dict(bf.get_metadata()) for bf in ordered]
+        disagreeing = sidecar_disagreements(metas, [Path(bf.path).name for bf in ordered])
         metadata = dict(metas[0])
         metadata["InversionTimes"] = _inversion_times(metas)
         qalas_files = tuple(str(bf.path) for bf in ordered)
@@ -296,7 +321,9 @@ def collect_qalas_runs(
         run = QalasRun(
             subject=subject, session=target.session, run=target.run,
             acquisition=_entity_str(ents.get("acquisition")), qalas_files=qalas_files,
-            metadata=metadata, b1=b1, entities=out_entities)
+            metadata=metadata, b1=b1, entities=out_entities, warnings=tuple(disagreeing))
+        for warning in disagreeing:
+            LOGGER.warning("%s: %s", run.label, warning)
         if check_timing:
             run = _with_timing(run, vendor_preset, timing_overrides)
         LOGGER.info("QALAS run %s: %d file(s), B1: %s", run.label, len(qalas_files),
@@ -317,7 +344,7 @@ def _with_timing(run: QalasRun, vendor_preset: str | None,
 
     prov = resolve_timing(run, vendor_preset=vendor_preset, overrides=overrides)
     LOGGER.info("sequence timing for %s:\n%s", run.label, format_timing(prov))
-    return replace(run, timing=prov)
+    return replace(run, timing=prov, warnings=run.warnings + tuple(missing_key_warnings(run, prov)))
 
 
 def _check_b1_files(b1: B1Source) -> None:

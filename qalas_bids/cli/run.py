@@ -33,6 +33,10 @@ def setup_logging(verbose: int, quiet: bool = False) -> None:
     logging.getLogger("qalas_bids").setLevel(level)
     for noisy in ("bids", "matplotlib", "PIL", "numexpr"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Library warnings (matplotlib/nilearn figure code, ...) are not the user's business:
+    # logged with -v, silent otherwise. qalas-bids' own warnings go through its logger.
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.WARNING if verbose else logging.ERROR)
 
 
 #: Seconds between two scheduling rounds of nipype's MultiProc loop (nipype's default is 2 s,
