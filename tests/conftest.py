@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import nibabel as nib
+import numpy as np
 import pytest
 
 GPU_TIMINGS = pytest.StashKey[list]()
@@ -38,6 +39,25 @@ def crop_slab(root: Path, n_slices: int) -> None:
         img = nib.load(path)
         z0 = img.shape[2] // 2 - n_slices // 2
         nib.save(img.slicer[:, :, z0:z0 + n_slices], path)
+
+
+def tissue_bias(bids: Path, out: Path, prefix: str,
+                maps: tuple[str, ...] = ("T1map", "T2map", "IEmap")) -> dict[str, float]:
+    """Median signed relative error per ``<map>_<tissue>`` for WM and GM (fitted voxels of
+    sub-01 against the demo dataset's ground truth)."""
+    from qalas_bids.cli.demo_accuracy import _tissue_masks
+
+    truth = bids / "derivatives" / "groundtruth" / "sub-01" / "anat"
+    masks = _tissue_masks(truth, prefix)
+    bias = {}
+    for name in maps:
+        est = np.asarray(nib.load(out / "sub-01" / "anat" / f"{prefix}_{name}.nii.gz").dataobj, dtype=float)
+        true = np.asarray(nib.load(truth / f"{prefix}_{name}.nii.gz").dataobj, dtype=float)
+        for tissue in ("WM", "GM"):
+            sel = masks[tissue] & (est > 0)
+            assert sel.sum() > 100, f"too few fitted {tissue} voxels"
+            bias[f"{name}_{tissue}"] = float(np.median((est[sel] - true[sel]) / true[sel]))
+    return bias
 
 
 def pytest_configure(config):

@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import crop_slab, gpu_tier_device
+from conftest import crop_slab, gpu_tier_device, tissue_bias
 from qalas_bids.cli.demo_accuracy import _tissue_masks
 from qalas_bids.qalas.fit_volume import METHODS
 
@@ -101,21 +101,6 @@ def timing_row(case: str, out: Path, device_name: str) -> dict:
 def fitted_device(out: Path, prefix: str) -> str:
     side = json.loads(next(out.glob(f"sub-01/anat/{prefix}_T1map.json")).read_text())
     return side["FitInfo"]["Device"]
-
-
-def tissue_bias(bids: Path, out: Path, prefix: str) -> dict[str, float]:
-    """Median signed relative error per ``<map>_<tissue>`` for WM and GM (fitted voxels)."""
-    truth = bids / "derivatives" / "groundtruth" / "sub-01" / "anat"
-    masks = _tissue_masks(truth, prefix)
-    bias = {}
-    for name in ("T1map", "T2map", "IEmap"):
-        est = np.asarray(nib.load(out / "sub-01" / "anat" / f"{prefix}_{name}.nii.gz").dataobj, dtype=float)
-        true = np.asarray(nib.load(truth / f"{prefix}_{name}.nii.gz").dataobj, dtype=float)
-        for tissue in ("WM", "GM"):
-            sel = masks[tissue] & (est > 0)
-            assert sel.sum() > 100, f"too few fitted {tissue} voxels"
-            bias[f"{name}_{tissue}"] = float(np.median((est[sel] - true[sel]) / true[sel]))
-    return bias
 
 
 @pytest.mark.parametrize("resolution", [2.0, 1.0], ids=["2mm", "1mm"])
