@@ -204,23 +204,16 @@ def check_b1_map(run: Any, data4d: np.ndarray, reference: Any, flip_angle_overri
     QALAS data) and applies :func:`qalas_bids.qalas.b1map.check_b1_plausibility`. Raises
     :class:`QalasInputError` naming the run and the file; returns the B1 summary.
     """
-    from ..qalas.b1map import b1_in_qalas_space
+    from ..qalas.b1map import b1_in_qalas_space, load_b1_image
     from ..qalas.masking import compute_head_mask
 
     inputs = b1_node_inputs(run.b1, flip_angle_override, min_coverage)
     path = Path(inputs["in_file"])
-    image = load_nifti_header(path)
+    load_nifti_header(path)  # broken links and unreadable headers: its own messages
     try:
-        data = np.asanyarray(image.dataobj, dtype=np.float32)
-    except Exception as exc:  # truncated gzip, wrong vox_offset, ...
-        raise QalasInputError(f"{run.label}: the B1 map {path.name} could not be read "
-                              f"({type(exc).__name__}: {exc}); the file is damaged or incomplete - "
-                              "re-copy or re-convert it, or fit without it (--no-b1)") from exc
-    bad = int((~np.isfinite(data)).sum())
-    if bad:
-        raise QalasInputError(f"{run.label}: the B1 map {path.name} contains {bad} NaN/Inf voxel(s): "
-                              "re-convert it, or fit without it (--no-b1)")
-    source = nib.Nifti1Image(data * inputs.get("scale", 1.0), image.affine)
+        source = load_b1_image(path, inputs.get("scale", 1.0))
+    except QalasInputError as exc:
+        raise QalasInputError(f"{run.label}: {exc}") from None
     try:
         _, info = b1_in_qalas_space(source, inputs.get("flip_angle"), reference,
                                     head_mask=compute_head_mask(data4d), relative=inputs["relative"],

@@ -8,7 +8,7 @@ import numpy as np
 from nipype.interfaces.base import (BaseInterfaceInputSpec, File, SimpleInterface,
                                     TraitedSpec, isdefined, traits)
 
-from ..qalas.b1map import DEFAULT_MIN_COVERAGE, b1_in_qalas_space
+from ..qalas.b1map import DEFAULT_MIN_COVERAGE, b1_in_qalas_space, load_b1_image
 from ..utils.images import first_volume, save_like
 
 
@@ -40,10 +40,7 @@ class B1ToQalas(SimpleInterface):
         if isdefined(self.inputs.mask_file):
             mask = np.asarray(nib.load(self.inputs.mask_file).dataobj) > 0
         angle = self.inputs.flip_angle if isdefined(self.inputs.flip_angle) else None
-        source = nib.load(self.inputs.in_file)
-        if self.inputs.relative and self.inputs.scale != 1.0:
-            source = nib.Nifti1Image(np.asarray(source.dataobj, dtype=np.float32) * self.inputs.scale,
-                                     source.affine)
+        source = load_b1_image(self.inputs.in_file, self.inputs.scale if self.inputs.relative else 1.0)
         img, info = b1_in_qalas_space(source, angle, qalas, head_mask=mask, relative=self.inputs.relative,
                                       min_coverage=self.inputs.min_coverage)
         out = os.path.join(runtime.cwd, "b1_qalas.nii.gz")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -28,6 +29,27 @@ B1_MEDIAN_RANGE = (0.6, 1.4)
 MIN_PLAUSIBLE_FRACTION = 0.9
 #: Default minimum fraction of the head the B1 field of view must cover (``--b1-min-coverage``).
 DEFAULT_MIN_COVERAGE = 0.95
+
+
+def load_b1_image(path: str | Path, scale: float = 1.0) -> nib.Nifti1Image:
+    """Read a B1 image (famp or relative map) fully as float32, times ``scale``.
+
+    Damaged files (truncated gzip, ...) and NaN/Inf voxels raise :class:`QalasInputError`
+    naming the file and the fix.
+    """
+    path = Path(path)
+    image = nib.load(str(path))
+    try:
+        data = np.asanyarray(image.dataobj, dtype=np.float32)
+    except Exception as exc:  # truncated gzip, wrong vox_offset, ...
+        raise QalasInputError(f"the B1 map {path.name} could not be read ({type(exc).__name__}: {exc}); "
+                              "the file is damaged or incomplete - re-copy or re-convert it, or fit "
+                              "without it (--no-b1)") from exc
+    bad = int((~np.isfinite(data)).sum())
+    if bad:
+        raise QalasInputError(f"the B1 map {path.name} contains {bad} NaN/Inf voxel(s): re-convert it, "
+                              "or fit without it (--no-b1)")
+    return nib.Nifti1Image(data * scale if scale != 1.0 else data, image.affine)
 
 
 def relative_b1_from_famp(famp: np.ndarray, flip_angle_deg: float) -> np.ndarray:
