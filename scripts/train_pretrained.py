@@ -11,10 +11,12 @@ towards the middle of these ranges; ``fit_ssl``'s per-voxel refinement and the
 ``fine-tune`` mode remove that dependence on the training prior.
 
 Training distribution (seconds):
-  T1 log-uniform 0.2-5; T2 log-uniform 0.02-min(2.5, T1); IE uniform 0.5-1;
+  T1 log-uniform 0.2-10; T2 log-uniform 0.02-min(5, T1) (the app's ranges, qalas/bounds.py);
+  IE uniform 0.5-1;
   B1 uniform 0.65-1.35; PD / input scale log-uniform 3-50 (a scan normalised by the 99th
   percentile of contrast 5 has WM ~17, CSF ~25); SNR log-uniform 20-200 with
-  sigma = input scale / SNR (the app's SNR definition: WM contrast-5 / sigma).
+  sigma = input scale / SNR (the app's SNR definition: WM contrast-5 / sigma); the
+  magnitudes are then noise-floor corrected, sqrt(max(M^2 - 2 sigma^2, 0)), as the app does.
 
 Reproducible: fixed seed, one CPU thread, fresh samples every step (about 3-5 min).
 Usage: python scripts/train_pretrained.py [--steps 12000] [--out qalas_bids/data/ssl_pretrained_siemens.pt]
@@ -30,13 +32,14 @@ from pathlib import Path
 import torch
 
 from qalas_bids import __version__
+from qalas_bids.qalas.bounds import T1_RANGE_S, T2_RANGE_S
 from qalas_bids.qalas.network import NetworkConfig, QalasNet, network_inputs
 from qalas_bids.qalas.pretrained import save_model
 from qalas_bids.qalas.signal_model import qalas_magnitude
 from qalas_bids.qalas.ssl import SCALE_PERCENTILE
 from qalas_bids.qalas.timing import get_preset
 
-RANGES = {"t1": (0.2, 5.0), "t2": (0.02, 2.5), "ie": (0.5, 1.0), "b1": (0.65, 1.35),
+RANGES = {"t1": (0.2, T1_RANGE_S[1]), "t2": (0.02, T2_RANGE_S[1]), "ie": (0.5, 1.0), "b1": (0.65, 1.35),
           "pd_over_scale": (3.0, 50.0), "snr": (20.0, 200.0)}
 
 
@@ -57,6 +60,8 @@ def sample_batch(n: int, timing, gen: torch.Generator):
     sigma = (1.0 / _loguniform(*RANGES["snr"], n, gen)).unsqueeze(1)
     noisy = torch.hypot(clean + sigma * torch.randn(clean.shape, generator=gen, dtype=torch.float64),
                         sigma * torch.randn(clean.shape, generator=gen, dtype=torch.float64))
+    # The app fits noise-floor-corrected magnitudes (qalas.uncertainty.correct_noise_floor).
+    noisy = torch.sqrt((noisy.square() - 2.0 * sigma.square()).clamp_min(0.0))
     truth = torch.stack([t1, t2, pd, ie], dim=1)
     return noisy.float(), b1.float(), truth.float()
 
@@ -108,7 +113,7 @@ def main(argv=None) -> None:
         "training": {"kind": "supervised on simulated voxels", "script": "scripts/train_pretrained.py",
                      "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
                      "schedule": "cosine to lr/100", "seed": args.seed, "threads": args.threads,
-                     "noise": "Rician, sigma = scale / SNR", "vendor": args.vendor,
+                     "noise": "Rician, sigma = scale / SNR, then noise-floor corrected", "vendor": args.vendor,
                      "loss": "MSE of log T1, log T2, log PD, IE/0.2",
                      "wall_time_s": round(time.perf_counter() - start, 1), "torch": torch.__version__},
         "loss_history": history,

@@ -29,12 +29,12 @@ def _small_grid() -> DictionaryGrid:
                           ie=np.round(np.arange(0.6, 1.0001, 0.05), 6), name="small")
 
 
-def test_paper_grid_matches_the_publication():
+def test_paper_grid_matches_the_publication_extended_to_the_app_ranges():
     g = GRID
-    assert g.shape == (620, 216, 26)
-    assert (g.t1[0], g.t1[599], g.t1[600], g.t1[-1]) == (0.005, 3.0, 3.1, 5.0)
+    assert g.shape == (670, 228, 26)
+    assert (g.t1[0], g.t1[599], g.t1[600], g.t1[-1]) == (0.005, 3.0, 3.1, 10.0)
     assert np.allclose(np.diff(g.t1[:600]), 0.005) and np.allclose(np.diff(g.t1[600:]), 0.1)
-    assert (g.t2[0], g.t2[-1]) == (0.001, 2.5)
+    assert (g.t2[0], g.t2[-1]) == (0.001, 5.0)
     assert np.allclose(np.diff(g.t2[:175]), 0.002)
     assert np.allclose(np.diff(g.t2[175:208]), 0.02) and g.t2[207] == 1.0
     assert (g.ie[0], g.ie[-1], g.ie.size) == (0.5, 1.0, 26)

@@ -143,7 +143,7 @@ def test_fit_core_reports_its_phases():
     with Spy(interval=60):
         fit = fit_volume(data, None, mask, get_preset("siemens"), method="scan-specific", device="cpu",
                          ssl_options={"epochs": 2}, progress=False)
-    assert seen[:2] == ["SSL training", "SSL network prediction"]
+    assert seen[:3] == ["noise level", "SSL training", "SSL network prediction"]
     assert {"per-voxel refinement", "noise level", "CRLB", "residual map"} <= set(seen)
     assert set(fit.info["stage_times_s"]) == {"network", "refinement", "noise_sigma", "crlb", "residual"}
 

@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="five 3D inv-<n> files (HBCD, default) or one 4D file")
     parser.add_argument("--vendor", choices=["siemens", "ge", "philips"], default="siemens",
                         help="timing preset and Manufacturer written to the sidecars")
+    parser.add_argument("--anatomy", choices=["head", "brain"], default="head",
+                        help="head (default): brain plus scalp, fat, skull, air sinuses and eyes, as a "
+                             "real scan has; brain: the brain alone (smaller, faster)")
     parser.add_argument("--no-b1", action="store_true", help="do not write the B1 field map")
     parser.add_argument("--overwrite", action="store_true",
                         help="allow writing into a non-empty directory (files are overwritten, "
@@ -67,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         root = write_demo_dataset(
             out, subjects=args.subjects, sessions=args.sessions, runs=args.runs,
             resolution=args.resolution, snr=args.snr, seed=args.seed, qalas_layout=args.layout,
-            with_b1=not args.no_b1, vendor=args.vendor)
+            with_b1=not args.no_b1, vendor=args.vendor, anatomy=args.anatomy)
     except QalasInputError as exc:
         print(f"qalas-bids-demo-data: error: {exc}", file=sys.stderr)
         return 2

@@ -14,7 +14,10 @@ class _SyntheticContrastsInputSpec(BaseInterfaceInputSpec):
     t2 = File(exists=True, mandatory=True, desc="T2 map (s)")
     pd = File(exists=True, mandatory=True, desc="PD map (a.u.)")
     ie = File(exists=True, desc="inversion-efficiency map (optional; enables IE-aware IR)")
-    mask = File(exists=True, desc="brain/head mask (default: T1 > 0 and PD > 0)")
+    mask = File(exists=True, desc="head mask: extent of the images (default: T1 > 0 and PD > 0)")
+    brain_mask = File(exists=True, desc="brain mask: where tissue values for the nulls come from")
+    maps = traits.List(File(exists=True), desc="all fitted maps (fit_volume.MAP_KEYS order): the "
+                       "CRLB and residual maps exclude unreliable voxels from the tissue values")
     contrasts = InputMultiObject(traits.Str, desc="names among T1w, T2w, PDw, FLAIR, DIR, PSIR, STIR "
                                  "(default: all)")
     params = traits.Dict(desc="per-contrast overrides {name: {RepetitionTime, EchoTime, InversionTime}} (s)")
@@ -46,11 +49,18 @@ class SyntheticContrasts(SimpleInterface):
 
         ie = load(self.inputs.ie) if isdefined(self.inputs.ie) else None
         mask = load(self.inputs.mask) > 0 if isdefined(self.inputs.mask) else None
+        brain = load(self.inputs.brain_mask) > 0 if isdefined(self.inputs.brain_mask) else None
+        extra = {}
+        if isdefined(self.inputs.maps):
+            from ..qalas.fit_volume import MAP_KEYS
+
+            paths = dict(zip(MAP_KEYS, self.inputs.maps))
+            extra = {"crlb_t1": load(paths["crlb_t1"]), "residual": load(paths["residual"])}
         images = synthesize_all(
             load(self.inputs.t1), load(self.inputs.t2), load(self.inputs.pd), ie=ie, mask=mask,
             contrasts=list(self.inputs.contrasts) if isdefined(self.inputs.contrasts) else None,
             params=dict(self.inputs.params) if isdefined(self.inputs.params) else None,
-            null_mode=self.inputs.null_mode, ie_aware=self.inputs.ie_aware,
+            null_mode=self.inputs.null_mode, ie_aware=self.inputs.ie_aware, brain_mask=brain, **extra,
         )
         files, metadata, names = [], [], []
         for name, (image, meta) in images.items():

@@ -42,7 +42,11 @@ from nibabel.processing import resample_from_to
 from scipy import ndimage
 
 from .errors import QalasInputError
-from .phantom import TISSUE_LABELS, DigitalBrain, make_digital_brain
+from .phantom import ALL_LABELS, DigitalBrain, make_digital_brain
+
+LABEL_NAMES = {"CSF": "Cerebrospinal fluid", "GM": "Gray matter", "WM": "White matter",
+               "Scalp": "Skin and muscle", "Fat": "Fat", "Vitreous": "Vitreous humour",
+               "Bone": "Bone (no signal)", "Air": "Air in the sinuses (no signal)"}
 from .timing import get_preset, vendor_key
 
 #: Image scale: stored intensity = GAIN * QALAS magnitude (PD ground truth in these units).
@@ -190,9 +194,12 @@ def write_demo_dataset(
     qalas_layout: str = "3d",
     with_b1: bool = True,
     vendor: str = "siemens",
+    anatomy: str = "brain",
 ) -> Path:
     """Write the demo BIDS dataset (see the module docstring) and return its root.
 
+    ``anatomy``: ``"brain"`` (brain only, fast) or ``"head"`` (scalp, fat, skull, sinuses
+    and eyes around it: :mod:`.head_anatomy`).
     ``sessions``/``runs`` empty or ``None`` omit the ``ses``/``run`` entity. Existing files
     with the same names are overwritten; nothing else in ``out_dir`` is touched.
     """
@@ -240,7 +247,7 @@ def write_demo_dataset(
                 noise_seed = int(np.random.SeedSequence([seed, si, ei, ri]).generate_state(1)[0])
                 brain = make_digital_brain(resolution=resolution, snr=snr, seed=noise_seed,
                                            timing=timing, b1_scale=b1_scale,
-                                           anatomy_seed=anatomy_seed)
+                                           anatomy_seed=anatomy_seed, anatomy=anatomy)
                 affine = brain.affine.copy()
                 affine[:3, 3] += shift
                 prefix = _entities_prefix(sub, ses, run)
@@ -358,10 +365,10 @@ def _write_ground_truth(gt_root: Path, sub: str, ses: str | None, prefix: str, b
         _save_nifti(anat / f"{prefix}_{suffix}.nii.gz", data, affine)
         _json_dump(anat / f"{prefix}_{suffix}.json", {"Units": units, "Description": "ground truth"})
     _save_nifti(anat / f"{prefix}_desc-tissue_dseg.nii.gz", brain.labels, affine, np.int16)
+    present = set(np.unique(brain.labels).tolist())
     (anat / f"{prefix}_desc-tissue_dseg.tsv").write_text(
         "index\tname\tabbreviation\n" + "".join(
-            f"{v}\t{ {'CSF': 'Cerebrospinal fluid', 'GM': 'Gray matter', 'WM': 'White matter'}[k]}\t{k}\n"
-            for k, v in TISSUE_LABELS.items()))
+            f"{v}\t{LABEL_NAMES[k]}\t{k}\n" for k, v in ALL_LABELS.items() if v in present))
     for name in ("CSF", "GM", "WM"):
         _save_nifti(anat / f"{prefix}_label-{name}_probseg.nii.gz", brain.tissue_fractions[name], affine)
     b1_rel = None
@@ -387,5 +394,6 @@ def _write_ground_truth(gt_root: Path, sub: str, ses: str | None, prefix: str, b
         "SequenceTiming": brain.timing.as_dict(),
         "TissueParameters": "see qalas_bids.qalas.phantom.TISSUE_PARAMETERS",
         "TrueB1": b1_rel,
-        "Labels": {str(v): k for k, v in TISSUE_LABELS.items()},
+        "Anatomy": brain.anatomy,
+        "Labels": {str(v): k for k, v in ALL_LABELS.items()},
     })

@@ -6,12 +6,12 @@ B1 bin are searched: the winner is the atom with the largest inner product with 
 measured magnitudes after L2-normalising the atom, and PD is the least-squares scale
 ``<s, a> / ||a||^2``.
 
-The paper's grid (:func:`paper_grid`) has ~3.4 M atoms per B1 bin after dropping the
+The paper's grid (:func:`paper_grid`) has ~3.5 M atoms per B1 bin after dropping the
 physically impossible atoms with T2 > T1. Two searches are offered:
 
 ``"brute"``
     Exhaustive: every valid atom of the voxel's bin (batched matmul, chunked over voxels
-    and atoms; atoms are built one B1 bin at a time). Exact, but ~N x 3.4 M inner
+    and atoms; atoms are built one B1 bin at a time). Exact, but ~N x 3.5 M inner
     products: fine on a GPU or for a few thousand voxels on a CPU.
 ``"coarse-to-fine"`` (default for the paper grid)
     1. brute-force match against a coarse sub-grid (~30 log-spaced T1, ~24 log-spaced T2,
@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from . import progress as prog
+from .bounds import T1_RANGE_S, T2_RANGE_S
 from .device import resolve_device
 from .errors import QalasInputError
 from .results import FitResult
@@ -112,13 +113,15 @@ class DictionaryGrid:
 def paper_grid() -> DictionaryGrid:
     """The SSL-QALAS paper's dictionary grid.
 
-    T1 5 ms-3 s in 5 ms steps then 3.1-5 s in 100 ms steps (620 values); T2 1-349 ms in
-    2 ms steps, 0.36-1 s in 20 ms steps, 1.2-2.4 s in 200 ms steps plus 2.5 s (216 values);
-    IE 0.5-1.0 in steps of 0.02 (26); B1 100 bins over 0.65-1.35.
+    T1 5 ms-3 s in 5 ms steps then 3.1-10 s in 100 ms steps (670 values); T2 1-349 ms in
+    2 ms steps, 0.36-1 s in 20 ms steps, 1.2-5 s in 200 ms steps (228 values); IE 0.5-1.0
+    in steps of 0.02 (26); B1 100 bins over 0.65-1.35. The paper stopped T1 at 5 s and T2
+    at 2.5 s; the ends here are the app's ranges (:mod:`.bounds`), so noisy CSF is not
+    clipped.
     """
-    t1 = np.concatenate([_segment(0.005, 3.0, 0.005), _segment(3.1, 5.0, 0.1)])
+    t1 = np.concatenate([_segment(0.005, 3.0, 0.005), _segment(3.1, T1_RANGE_S[1], 0.1)])
     t2 = np.concatenate([_segment(0.001, 0.349, 0.002), _segment(0.36, 1.0, 0.02),
-                         _segment(1.2, 2.4, 0.2), [2.5]])
+                         _segment(1.2, T2_RANGE_S[1], 0.2)])
     ie = _segment(0.5, 1.0, 0.02)
     return DictionaryGrid(t1=t1, t2=t2, ie=ie, name="paper")
 
@@ -165,7 +168,7 @@ def build_dictionary(
     """Compute the atoms (magnitudes, PD = 1, not normalised) of ``grid``.
 
     ``grid`` defaults to :func:`paper_grid`; ``b1`` selects the B1 values (default: all
-    bin centres). Memory is ``n_b1 x M x 5`` values: the full paper grid (100 bins x ~3.4 M
+    bin centres). Memory is ``n_b1 x M x 5`` values: the full paper grid (100 bins x ~3.5 M
     atoms) needs ~7 GB in float32, so pass a few ``b1`` values or a smaller grid on a CPU.
     """
     grid = _resolve_grid(grid)

@@ -101,6 +101,7 @@ def fit_volume(
     with_uncertainty: bool = True,
     progress: bool = True,
     dictionary_options: dict[str, Any] | None = None,
+    noise_floor_correction: bool = True,
 ) -> VolumeFit:
     """Fit the masked voxels of ``qalas4d (X, Y, Z, 5)`` and return maps + provenance.
 
@@ -108,7 +109,10 @@ def fit_volume(
     ``dictionary``. ``b1 (X, Y, Z)`` relative B1 in QALAS space (``None``: B1 = 1 and a
     warning in ``info["warnings"]``). ``ssl_options`` are passed to
     :func:`~qalas_bids.qalas.ssl.fit_ssl` (epochs, batch_size, lr, tv_weight,
-    use_b1_input, refine_steps, num_threads, force_model...). Raises
+    use_b1_input, refine_steps, num_threads, force_model...). ``noise_floor_correction``
+    fits the power-corrected magnitudes (:func:`~.uncertainty.correct_noise_floor`) when
+    the noise level comes from the image background; the residual map is then relative
+    to the corrected magnitudes (what was fitted). Raises
     :class:`QalasInputError` for NaN/Inf/negative values, shape mismatches or an empty mask.
     """
     if method not in METHODS:
@@ -123,6 +127,19 @@ def fit_volume(
     else:
         b1_vox = b1_arr[m]
     mags = data[m].astype(np.float64)
+    sigma, sigma_method = None, None
+    if with_uncertainty or noise_floor_correction:
+        from .uncertainty import estimate_noise_sigma
+        prog.phase("noise level")
+        t0 = time.perf_counter()
+        sigma, sigma_method = estimate_noise_sigma(data, m)
+        stage_times_pre = {"noise_sigma": time.perf_counter() - t0}
+    else:
+        stage_times_pre = {}
+    floor = _noise_floor(mags, sigma, sigma_method, enabled=noise_floor_correction)
+    if floor["applied"]:
+        from .uncertainty import correct_noise_floor
+        mags = correct_noise_floor(mags, sigma)
 
     if method == "dictionary":
         from .dictionary import fit_dictionary
@@ -136,7 +153,7 @@ def fit_volume(
         result = fit_ssl(mags, b1_vox, timing, mode=method, device=device, seed=seed,
                          model_path=model_path, progress=progress, **options)
     info = dict(result.info)
-    t_fit = time.perf_counter() - t_start
+    t_fit = time.perf_counter() - t_start - sum(stage_times_pre.values())
     refinement = info.get("refinement") or {}
     stage_times = {"fit": t_fit} if not refinement else {
         "network": t_fit - refinement["time_s"], "refinement": refinement["time_s"]}
@@ -147,13 +164,13 @@ def fit_volume(
         maps[name] = _to_volume(getattr(result, name), m)
     for key in ("crlb_t1", "crlb_t2", "crlb_pd", "crlb_ie", "residual"):
         maps[key] = np.zeros(m.shape, dtype=np.float32)
-    if with_uncertainty:
-        from .uncertainty import crlb_std, estimate_noise_sigma, relative_residual
-        prog.phase("noise level")
-        t0 = time.perf_counter()
-        sigma, sigma_method = estimate_noise_sigma(data, m)
+    stage_times.update(stage_times_pre)
+    info["noise_floor_correction"] = floor
+    if sigma is not None:
         info["noise_sigma"] = float(sigma)
         info["noise_sigma_method"] = sigma_method
+    if with_uncertainty:
+        from .uncertainty import crlb_std, relative_residual
         t1_ = time.perf_counter()
         crlb = crlb_std(result.t1, result.t2, result.pd, result.ie, b1_vox, timing, sigma, device=device)
         for name in PARAMETERS:
@@ -162,7 +179,7 @@ def fit_volume(
         maps["residual"] = _to_volume(
             relative_residual(mags, result.t1, result.t2, result.pd, result.ie, b1_vox, timing,
                               device=device), m)
-        stage_times.update(noise_sigma=t1_ - t0, crlb=t2_ - t1_, residual=time.perf_counter() - t2_)
+        stage_times.update(crlb=t2_ - t1_, residual=time.perf_counter() - t2_)
     info.update(method=method, timing=timing.as_dict(), warnings=warnings,
                 stage_times_s={k: round(v, 3) for k, v in stage_times.items()},
                 wall_time_s=time.perf_counter() - t_start, n_voxels=int(m.sum()))
@@ -170,6 +187,20 @@ def fit_volume(
     info.setdefault("loss_history", [])
     info.setdefault("device", str(device))
     return VolumeFit(maps=maps, info=_jsonable(info))
+
+
+def _noise_floor(mags: np.ndarray, sigma: float | None, method: str | None, *, enabled: bool) -> dict[str, Any]:
+    """Whether the Rician noise floor is removed before fitting, and why (sidecar record)."""
+    record: dict[str, Any] = {"applied": False, "method": "power image: sqrt(max(M^2 - 2 sigma^2, 0))"}
+    if not enabled:
+        record["reason"] = "disabled (--no-noise-floor-correction)"
+    elif method != "background-rayleigh":
+        record["reason"] = (f"noise level from {method or 'nowhere'}, not from the image background: "
+                            "not trusted for a correction")
+    else:
+        record.update(applied=True, sigma=float(sigma),
+                      fraction_of_values_zeroed=float(np.mean(mags * mags <= 2.0 * sigma * sigma)))
+    return record
 
 
 def _to_volume(values: np.ndarray, mask: np.ndarray) -> np.ndarray:

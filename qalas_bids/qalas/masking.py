@@ -10,8 +10,9 @@ Method (intensity + morphology, no atlas):
    threshold is ``median_bg + 8 * 1.4826 * MAD_bg`` (far in the tail of the background
    noise distribution), capped at the Otsu threshold so a tissue class is never cut.
    Volumes whose background was zeroed by the scanner work too (threshold > 0).
-3. Morphology (scipy.ndimage): opening (removes isolated noise voxels), largest 26-
-   connected component, closing, 3D hole filling plus slice-wise hole filling in the
+3. Morphology (scipy.ndimage): opening (removes isolated noise voxels), the 26-connected
+   components of at least :data:`MIN_COMPONENT_FRACTION` of the largest (brain and scalp
+   are separate where the skull base is out of the field of view), closing, 3D hole filling plus slice-wise hole filling in the
    three orientations (dark structures touching the FOV edge), and a 1-voxel dilation to
    keep partial-volume edge voxels.
 """
@@ -24,6 +25,10 @@ from .errors import QalasInputError
 
 #: Background threshold = median + BACKGROUND_K * robust std of the background RMS.
 BACKGROUND_K = 8.0
+#: Components at least this fraction of the largest one are kept: the skull has no
+#: signal, so in a slab (or any FOV that cuts the skull base) the scalp and the brain are
+#: separate components, and dropping the scalp would put it in the noise background.
+MIN_COMPONENT_FRACTION = 0.05
 
 
 def _otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
@@ -84,7 +89,7 @@ def compute_head_mask(qalas4d: np.ndarray) -> np.ndarray:
         raise QalasInputError("no head found in the QALAS images (nothing above the background level)")
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    mask = labels == int(np.argmax(sizes))
+    mask = np.isin(labels, np.nonzero(sizes >= MIN_COMPONENT_FRACTION * sizes.max())[0])
     mask = ndimage.binary_closing(mask, iterations=2, border_value=0) | mask
     mask = _fill_holes_slicewise(mask)
     return ndimage.binary_dilation(mask, iterations=1)

@@ -54,6 +54,7 @@ from nibabel.processing import resample_from_to
 from scipy import ndimage
 
 from .errors import QalasInputError
+from .head_anatomy import GRID_MARGIN_MM, HEAD_LABELS, HEAD_TISSUE_PARAMETERS, head_fractions
 from .signal_model import qalas_magnitude
 from .timing import SequenceTiming
 
@@ -65,6 +66,11 @@ TISSUE_PARAMETERS: dict[str, dict[str, float]] = {
 }
 #: Label values of the tissue segmentation (BIDS dseg): 0 is background.
 TISSUE_LABELS: dict[str, int] = {"CSF": 1, "GM": 2, "WM": 3}
+#: Parameters and labels of every tissue, the head's included (:mod:`.head_anatomy`).
+ALL_TISSUE_PARAMETERS = {**TISSUE_PARAMETERS, **HEAD_TISSUE_PARAMETERS}
+ALL_LABELS = {**TISSUE_LABELS, **HEAD_LABELS}
+#: Anatomies of :func:`make_digital_brain`.
+ANATOMIES = ("brain", "head")
 #: Relative amplitude of the smooth spatial variation of T1/T2/PD/IE.
 SPATIAL_VARIATION = 0.03
 #: Smoothing (mm, Gaussian sigma) of the random spatial-variation fields.
@@ -104,6 +110,8 @@ class DigitalBrain:
     seed: int = 0
     b1_scale: float = 1.0
     b1_field: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False)
+    head_mask: np.ndarray | None = None  # every class (skull and sinuses too) >= 0.5
+    anatomy: str = "brain"
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -111,7 +119,7 @@ class DigitalBrain:
 
     def tissue_mask(self, name: str, min_fraction: float = 0.8) -> np.ndarray:
         """Voxels whose fraction of tissue ``name`` (WM, GM or CSF) exceeds ``min_fraction``."""
-        key = name.upper()
+        key = name.upper() if name.upper() in self.tissue_fractions else name.capitalize()
         if key not in self.tissue_fractions:
             raise KeyError(f"unknown tissue {name!r}; choose one of {sorted(self.tissue_fractions)}")
         return self.tissue_fractions[key] > min_fraction
@@ -140,42 +148,66 @@ def add_rician_noise(signals: np.ndarray, sigma: float, rng: np.random.Generator
     return np.hypot(real, imag)
 
 
-@functools.lru_cache(maxsize=4)
-def _template_fractions(resolution: float, margin_mm: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """(GM, WM, CSF fractions, affine) of the MNI152 templates shipped with nilearn."""
+@functools.lru_cache(maxsize=8)
+def _template_fractions(resolution: float, margin_mm: float,
+                        anatomy: str = "brain") -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """(tissue fractions, affine) of the MNI152 templates shipped with nilearn.
+
+    ``anatomy="brain"``: WM, GM, CSF. ``"head"``: also the scalp, fat, eyes, skull and
+    sinuses of :mod:`.head_anatomy`, built on a 1 mm grid and resampled like the brain.
+    """
     from nilearn import datasets  # local import: nilearn is slow to import
 
     gm_img = datasets.load_mni152_gm_template(resolution=1)
     wm_img = datasets.load_mni152_wm_template(resolution=1)
     brain_img = datasets.load_mni152_brain_mask(resolution=1)
     brain = brain_img.get_fdata() > 0
+    if anatomy == "head":
+        margin_mm = max(margin_mm, GRID_MARGIN_MM)
     # Crop (1 mm grid) to the brain bounding box plus the margin.
     idx = np.argwhere(brain | (gm_img.get_fdata() + wm_img.get_fdata() > 0.05))
     lo, hi = idx.min(0), idx.max(0) + 1
     src_affine = brain_img.affine
     world_lo = nib.affines.apply_affine(src_affine, lo) - margin_mm
     world_hi = nib.affines.apply_affine(src_affine, hi - 1) + margin_mm
-    shape = tuple(int(np.ceil(n)) + 1 for n in (world_hi - world_lo) / resolution)
-    affine = np.diag([resolution, resolution, resolution, 1.0])
-    affine[:3, 3] = world_lo
 
-    def resample(data: np.ndarray) -> np.ndarray:
-        img = nib.Nifti1Image(data.astype(np.float32), src_affine)
-        out = resample_from_to(img, (shape, affine), order=1, mode="constant", cval=0.0)
+    def grid(step: float) -> tuple[tuple[int, ...], np.ndarray]:
+        shape = tuple(int(np.ceil(n)) + 1 for n in (world_hi - world_lo) / step)
+        affine = np.diag([step, step, step, 1.0])
+        affine[:3, 3] = world_lo
+        return shape, affine
+
+    def resample(data: np.ndarray, src: np.ndarray, target) -> np.ndarray:
+        img = nib.Nifti1Image(data.astype(np.float32), src)
+        out = resample_from_to(img, target, order=1, mode="constant", cval=0.0)
         return np.clip(np.asarray(out.dataobj, dtype=np.float64), 0.0, 1.0)
 
-    gm = resample(gm_img.get_fdata())
-    wm = resample(wm_img.get_fdata())
-    total = np.maximum(resample(brain.astype(np.float32)), np.clip(gm + wm, 0, 1))
-    over = gm + wm > 1.0
-    scale = np.where(over, 1.0 / np.maximum(gm + wm, 1e-12), 1.0)
-    gm, wm = gm * scale, wm * scale
-    csf = np.clip(total - gm - wm, 0.0, 1.0)
-    for arr in (gm, wm, csf):
+    def brain_fractions(target) -> dict[str, np.ndarray]:
+        gm = resample(gm_img.get_fdata(), src_affine, target)
+        wm = resample(wm_img.get_fdata(), src_affine, target)
+        total = np.maximum(resample(brain.astype(np.float32), src_affine, target), np.clip(gm + wm, 0, 1))
+        over = gm + wm > 1.0
+        scale = np.where(over, 1.0 / np.maximum(gm + wm, 1e-12), 1.0)
+        gm, wm = gm * scale, wm * scale
+        return {"WM": wm, "GM": gm, "CSF": np.clip(total - gm - wm, 0.0, 1.0)}
+
+    shape, affine = grid(resolution)
+    if anatomy == "brain":
+        fractions = brain_fractions((shape, affine))
+    else:
+        fine_grid = grid(1.0)
+        fine = brain_fractions(fine_grid)
+        total = fine["WM"] + fine["GM"] + fine["CSF"]
+        head = head_fractions(total, _world_grid(fine_grid[0], fine_grid[1]))
+        fine["CSF"] = fine["CSF"] + head.pop("CSF")
+        fine.update(head)
+        fractions = fine if resolution == 1.0 else {
+            name: resample(frac, fine_grid[1], (shape, affine)) for name, frac in fine.items()}
+    for arr in fractions.values():
         arr[arr < 1e-3] = 0.0
         arr.setflags(write=False)
     affine.setflags(write=False)
-    return {"WM": wm, "GM": gm, "CSF": csf}, affine
+    return fractions, affine
 
 
 def _smooth_field(shape: tuple[int, ...], resolution: float, rng: np.random.Generator) -> np.ndarray:
@@ -224,6 +256,7 @@ def make_digital_brain(
     *,
     anatomy_seed: int | None = None,
     margin_mm: float = 12.0,
+    anatomy: str = "brain",
 ) -> DigitalBrain:
     """Simulate a 3D-QALAS acquisition of the digital brain (see the module docstring).
 
@@ -237,7 +270,11 @@ def make_digital_brain(
     anatomy_seed : seed of the smooth parameter variation (default ``seed``); keep it fixed
         to get repeated scans of the same "subject" with independent noise
     margin_mm : background margin around the brain bounding box (mm)
+    anatomy : ``"brain"`` (brain only) or ``"head"`` (adds scalp, fat, skull, sinuses and
+        eyes, :mod:`.head_anatomy`; the margin grows to hold them)
     """
+    if anatomy not in ANATOMIES:
+        raise QalasInputError(f"anatomy must be one of {ANATOMIES}, got {anatomy!r}")
     if not (0.5 <= float(resolution) <= 6.0):
         raise QalasInputError(f"resolution must be between 0.5 and 6 mm, got {resolution!r}")
     if not (snr > 0):
@@ -245,11 +282,12 @@ def make_digital_brain(
     if not (0.5 <= b1_scale <= 1.5):
         raise QalasInputError(f"b1_scale must be in [0.5, 1.5], got {b1_scale!r}")
     timing = timing or SequenceTiming()
-    fractions, affine = _template_fractions(float(resolution), float(margin_mm))
+    fractions, affine = _template_fractions(float(resolution), float(margin_mm), anatomy)
     fractions = {k: v.copy() for k, v in fractions.items()}
     affine = affine.copy()
     shape = fractions["WM"].shape
-    total = fractions["WM"] + fractions["GM"] + fractions["CSF"]
+    signal_tissues = [t for t in fractions if t in ALL_TISSUE_PARAMETERS]
+    total = sum(fractions[t] for t in signal_tissues)
     tissue = total > 0
 
     anat_rng = np.random.default_rng(seed if anatomy_seed is None else anatomy_seed)
@@ -257,19 +295,25 @@ def make_digital_brain(
     weights = np.where(tissue, total, 1.0)
     for name in ("t1", "t2", "pd", "ie"):
         if name in ("t1", "t2"):  # fraction-weighted geometric mean
-            log_t = sum(fractions[t] * np.log(TISSUE_PARAMETERS[t][name]) for t in _TISSUES)
+            log_t = sum(fractions[t] * np.log(ALL_TISSUE_PARAMETERS[t][name]) for t in signal_tissues)
             mixed = np.exp(log_t / weights)
         else:  # IE: fraction-weighted mean; PD: fraction-weighted sum
-            mixed = sum(fractions[t] * TISSUE_PARAMETERS[t][name] for t in _TISSUES)
+            mixed = sum(fractions[t] * ALL_TISSUE_PARAMETERS[t][name] for t in signal_tissues)
             mixed = mixed / weights if name == "ie" else mixed
         variation = 1.0 + SPATIAL_VARIATION * _smooth_field(shape, resolution, anat_rng)
         maps[name] = np.where(tissue, mixed * variation, 0.0)
     maps["ie"] = np.clip(maps["ie"], 0.5, 1.0)
 
     labels = np.zeros(shape, dtype=np.int8)
-    stacked = np.stack([fractions[t] for t in ("CSF", "GM", "WM")], axis=-1)
-    brain_mask = total >= 0.5
-    labels[brain_mask] = (np.argmax(stacked[brain_mask], axis=-1) + 1).astype(np.int8)
+    names = list(fractions)
+    stacked = np.stack([fractions[t] for t in names], axis=-1)
+    head_mask = stacked.sum(-1) >= 0.5
+    codes = np.array([ALL_LABELS[t] for t in names], dtype=np.int8)
+    labels[head_mask] = codes[np.argmax(stacked[head_mask], axis=-1)]
+    brain_mask = fractions["WM"] + fractions["GM"] + fractions["CSF"] >= 0.5
+    if anatomy == "head":  # the brain label wins inside the intracranial volume
+        brain_stack = np.stack([fractions[t] for t in ("CSF", "GM", "WM")], axis=-1)
+        labels[brain_mask] = (np.argmax(brain_stack[brain_mask], axis=-1) + 1).astype(np.int8)
 
     world = _world_grid(shape, affine)
     brain_idx = np.argwhere(brain_mask)
@@ -296,7 +340,8 @@ def make_digital_brain(
         t1=maps["t1"], t2=maps["t2"], pd=maps["pd"], ie=maps["ie"], b1=b1,
         tissue_fractions=fractions, labels=labels, brain_mask=brain_mask, affine=affine,
         timing=timing, noiseless=noiseless, signals=signals, sigma=sigma, snr=float(snr),
-        seed=int(seed), b1_scale=float(b1_scale), b1_field=b1_field,
+        seed=int(seed), b1_scale=float(b1_scale), b1_field=b1_field, head_mask=head_mask,
+        anatomy=anatomy,
     )
 
 

@@ -31,6 +31,7 @@ import torch
 from . import progress as prog
 from .device import resolve_device
 from .errors import QalasInputError
+from .bounds import IE_RANGE, T1_RANGE_S, T2_RANGE_S
 from .network import NetworkConfig, QalasNet, network_inputs, robust_scale
 from .pretrained import load_model
 from .results import FitResult
@@ -150,16 +151,18 @@ def _model_from_log(q: torch.Tensor, b1: torch.Tensor, timing: SequenceTiming) -
 @torch.no_grad()
 def refine_least_squares(params: torch.Tensor, targets: torch.Tensor, b1: torch.Tensor,
                          timing: SequenceTiming, *, steps: int = 8, pd_max: float,
+                         t1_max: float = T1_RANGE_S[1], t2_max: float = T2_RANGE_S[1],
                          chunk: int = 262144) -> tuple[torch.Tensor, dict[str, float]]:
     """Per-voxel Levenberg-Marquardt on ``||model(p) - targets||^2`` from ``params``.
 
-    Works on (log T1, log T2, log PD, IE) within the network's bounds; a step is kept
+    Works on (log T1, log T2, log PD, IE) within the fit ranges (:mod:`.bounds`; ``t1_max``,
+    ``t2_max`` in seconds) and ``pd_max``; a step is kept
     only where it lowers that voxel's cost, so the result is never worse than the start.
     Returns the refined ``(N, 4)`` parameters and summary statistics.
     """
-    lo = torch.tensor([math.log(1e-3), math.log(1e-3), math.log(1e-6), 0.5], dtype=params.dtype,
+    lo = torch.tensor([math.log(T1_RANGE_S[0]), math.log(T2_RANGE_S[0]), math.log(1e-6), IE_RANGE[0]], dtype=params.dtype,
                       device=params.device)
-    hi = torch.tensor([math.log(5.0), math.log(2.5), math.log(pd_max), 1.0], dtype=params.dtype,
+    hi = torch.tensor([math.log(t1_max), math.log(t2_max), math.log(pd_max), 1.0], dtype=params.dtype,
                       device=params.device)
     out = torch.empty_like(params)
     cost_before, cost_after, unconverged = 0.0, 0.0, 0

@@ -35,12 +35,14 @@ import numpy as np
 from scipy import optimize
 
 from .errors import QalasInputError
-from .tissue import classify_tissues, core_mask, robust_tissue_value
+from .tissue import CSF_T1_THRESHOLD, classify_tissues, core_mask, reliable_voxels, robust_tissue_value
 
 CONTRASTS = ("T1w", "T2w", "PDw", "FLAIR", "DIR", "PSIR", "STIR")
 #: Textbook 3 T T1 (s) used for nulling when null_mode="constant" (fat always: no fat in brain).
 TEXTBOOK_T1 = {"CSF": 4.2, "WM": 0.85, "fat": 0.38}
 NULL_MODES = ("subject", "constant")
+#: Relative T1 CRLB above which a fluid voxel counts as noisy (median null, fluid filter).
+NOISY_REL_CRLB = 0.05
 #: Target value of the 99th percentile of PD inside the mask after scaling.
 TARGET_SCALE = 1000.0
 
@@ -192,26 +194,75 @@ def resolve_params(contrasts: list[str] | None, params: Mapping[str, Any] | None
     return resolved
 
 
+def fluid_median_filter(maps: dict[str, np.ndarray], fluid: np.ndarray,
+                        usable: np.ndarray) -> dict[str, np.ndarray]:
+    """Copies of ``maps`` where each ``fluid`` voxel holds the median over its 3x3x3
+    neighbours that are ``fluid`` and ``usable`` (itself included; unchanged if none).
+
+    Fluid (CSF, vitreous) T1 has a per-voxel Cramér-Rao SD of 25 % at SNR 60, so a null
+    computed from one voxel's T1 leaves most fluid voxels bright. The median over up to 27
+    same-class neighbours cuts that spread about four-fold without mixing tissue classes
+    (edges between fluid and parenchyma are kept).
+    """
+    fluid = np.asarray(fluid, dtype=bool)
+    idx = np.argwhere(fluid)
+    ok = np.pad(fluid & np.asarray(usable, dtype=bool), 1, constant_values=False)
+    out = {}
+    for name, arr in maps.items():
+        padded = np.pad(np.asarray(arr, dtype=np.float64), 1)
+        samples = np.full((idx.shape[0], 27), np.nan)
+        for k, off in enumerate(np.ndindex(3, 3, 3)):
+            pos = tuple(idx[:, a] + off[a] for a in range(3))
+            samples[:, k] = np.where(ok[pos], padded[pos], np.nan)
+        filtered = np.array(arr, dtype=np.float64, copy=True)
+        have = ~np.isnan(samples).all(axis=1)
+        with np.errstate(all="ignore"):
+            filtered[tuple(idx[have].T)] = np.nanmedian(samples[have], axis=1)
+        out[name] = filtered
+    return out
+
+
 def estimate_null_tissues(
-    t1: np.ndarray, mask: np.ndarray, ie: np.ndarray | None = None, null_mode: str = "subject"
+    t1: np.ndarray, mask: np.ndarray, ie: np.ndarray | None = None, null_mode: str = "subject",
+    reliable: np.ndarray | None = None, exclusions: dict[str, int] | None = None,
+    censored_high: np.ndarray | None = None, csf_estimator: str = "median",
 ) -> dict[str, dict[str, Any]]:
-    """T1 (s) and IE of CSF, WM and fat to null, with where each value came from."""
+    """T1 (s) and IE of CSF, WM and fat to null, with where each value came from.
+
+    ``mask`` is the brain mask; ``reliable`` (default: all of it) the voxels that may give
+    tissue values (:func:`.tissue.reliable_voxels`, whose counts are ``exclusions``, and
+    whose ``censored_high`` voxels count as long-T1 values in the CSF median).
+    CSF uses the median of its eroded class, WM the density mode
+    (:func:`.tissue.robust_tissue_value` says why).
+    """
     if null_mode not in NULL_MODES:
         raise QalasInputError(f"null_mode must be one of {NULL_MODES}, got {null_mode!r}.")
     out = {name: {"T1": t1v, "IE": None, "Source": "textbook 3 T constant"} for name, t1v in TEXTBOOK_T1.items()}
     out["fat"]["Source"] = "textbook 3 T constant (no fat class inside the brain mask)"
     if null_mode == "constant":
         return out
+    reliable = np.asarray(mask, dtype=bool) if reliable is None else reliable
     classes = classify_tissues(t1, mask)
-    for name in ("CSF", "WM"):
+    for name, estimator in (("CSF", csf_estimator), ("WM", "mode")):
         tissue = classes.mask(name)
-        value = robust_tissue_value(t1, tissue)
+        value = robust_tissue_value(t1, tissue, reliable, estimator=estimator, censored_high=censored_high)
         if value is None:
             out[name]["Source"] = f"textbook 3 T constant (no {name} voxels found in the fitted T1 map)"
             continue
-        out[name].update(T1=value, Source=f"mode of T1 in the eroded {name} class ({classes.description})")
+        used = core_mask(tissue) & reliable
+        censored = int((core_mask(tissue) & censored_high).sum()) if censored_high is not None and \
+            estimator == "median" else 0
+        out[name].update(
+            T1=value, Estimator=estimator, VoxelsInClass=int(tissue.sum()), VoxelsUsed=int(used.sum()),
+            VoxelsCensoredHigh=censored,
+            Source=(f"{estimator} of T1 in the eroded {name} class; voxels at a parameter bound, with a "
+                    "high residual or a high relative CRLB excluded"
+                    + (" (well-fitted ones with an uninformative long T1 counted as censored above the "
+                       "median)" if estimator == "median" else "") + f" ({classes.description})"))
+        if exclusions:
+            out[name]["ExcludedInBrain"] = {k: v for k, v in exclusions.items() if k not in ("Voxels", "Used")}
         if ie is not None:
-            near = core_mask(tissue) & (np.abs(t1 - value) <= 0.05 * value)
+            near = used & (np.abs(t1 - value) <= 0.05 * value)
             if near.any():
                 out[name]["IE"] = float(np.median(ie[near]))
     return out
@@ -227,13 +278,21 @@ def synthesize_all(
     params: Mapping[str, Any] | None = None,
     null_mode: str = "subject",
     ie_aware: bool = True,
+    brain_mask: np.ndarray | None = None,
+    crlb_t1: np.ndarray | None = None,
+    residual: np.ndarray | None = None,
+    fluid_filter: bool = True,
 ) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
     """Synthetic images ``{name: (float32 image, metadata)}`` for the requested contrasts.
 
     ``t1``/``t2`` in seconds, ``pd`` arbitrary units, ``ie`` unitless (optional). Output is 0
-    outside ``mask`` (default ``t1 > 0 & pd > 0``). Metadata: RepetitionTime, EchoTime,
-    InversionTime (s; DIR ``[TI1, TI2]``), Equation, EquationFormula, IEAware, NullMode,
-    NullTissues (T1/IE/Source of each nulled tissue), IntensityScale, Units.
+    outside ``mask`` (default ``t1 > 0 & pd > 0``; the head mask in the app). Tissue values
+    for the nulls come from ``brain_mask`` (default ``mask``) minus the voxels that
+    :func:`.tissue.reliable_voxels` rejects with ``crlb_t1``/``residual``. With
+    ``fluid_filter`` the fluid voxels (T1 > 2.5 s) are synthesised from
+    :func:`fluid_median_filter` maps. Metadata: RepetitionTime, EchoTime, InversionTime
+    (s; DIR ``[TI1, TI2]``), Equation, EquationFormula, IEAware, NullMode, NullTissues
+    (T1/IE/Source/voxel counts of each nulled tissue), FluidFilter, IntensityScale, Units.
     """
     t1, t2, pd = (np.asarray(a, dtype=np.float64) for a in (t1, t2, pd))
     if not (t1.shape == t2.shape == pd.shape):
@@ -257,8 +316,28 @@ def synthesize_all(
     if pd_ref <= 0:
         raise QalasInputError("synthetic contrasts: PD is zero everywhere inside the mask.")
     scale = TARGET_SCALE / pd_ref
+    brain = mask if brain_mask is None else np.asarray(brain_mask, dtype=bool) & mask
+    reliable, censored, exclusions = reliable_voxels(brain, t1, t2, ie, crlb_t1, residual)
+    # Noisy fluid (relative T1 CRLB > NOISY_REL_CRLB): median for the null, filter for synthesis.
+    # Without CRLB maps (e.g. ground-truth maps) fluid is taken as noise-free: mode, no filter.
+    noisy = None if crlb_t1 is None else np.asarray(crlb_t1) > NOISY_REL_CRLB * np.maximum(t1, 1e-9)
+    fluid_class = brain & (t1 > CSF_T1_THRESHOLD)
+    csf_noisy = noisy is not None and fluid_class.any() and float(np.mean(noisy[fluid_class])) > 0.5
     needs_null = any(s.get("InversionTime") == "auto" for s in specs.values())
-    tissues = estimate_null_tissues(t1, mask, ie if use_ie else None, null_mode) if needs_null else {}
+    tissues = estimate_null_tissues(t1, brain, ie if use_ie else None, null_mode, reliable,
+                                    exclusions, censored, "median" if csf_noisy else "mode") if needs_null else {}
+    filter_note = "off" if noisy is not None else "off (no CRLB map: maps taken as noise-free)"
+    if fluid_filter and noisy is not None:
+        fluid = mask & (t1 > CSF_T1_THRESHOLD) & noisy
+        usable = reliable_voxels(mask, t1, t2, ie, crlb_t1, residual)[0]
+        names = {"t1": t1, "t2": t2} | ({"ie": ie} if ie is not None else {})
+        filtered = fluid_median_filter(names, fluid, usable)
+        t1, t2 = filtered["t1"], filtered["t2"]
+        ie = filtered.get("ie", ie)
+        ie_vox = np.clip(ie, 0.0, 1.0) if use_ie else 1.0
+        filter_note = (f"T1, T2 and IE of noisy fluid voxels (T1 > {CSF_T1_THRESHOLD:g} s, relative T1 CRLB > "
+                       f"{NOISY_REL_CRLB:g}; {int(fluid.sum())} voxels) replaced by the median of their "
+                       "reliable fluid 3x3x3 neighbours")
 
     results = {}
     for name, spec in specs.items():
@@ -271,6 +350,7 @@ def synthesize_all(
             "IEAware": use_ie if equation != "spin-echo" else False,
             "IntensityScale": scale,
             "Units": "arbitrary",
+            "FluidFilter": filter_note,
         }
         if equation == "spin-echo":
             image = spin_echo(t1, t2, pd, tr, te)
@@ -282,7 +362,7 @@ def synthesize_all(
                 null_ie = [(tissues[t]["IE"] if use_ie and tissues[t]["IE"] is not None else 1.0) for t in nulled]
                 tis = null_inversion_times(tr, null_t1, null_ie)
                 meta["NullMode"] = null_mode
-                meta["NullTissues"] = {t: {k: tissues[t][k] for k in ("T1", "IE", "Source")} for t in nulled}
+                meta["NullTissues"] = {t: dict(tissues[t]) for t in nulled}
             meta["InversionTime"] = tis if len(tis) > 1 else tis[0]
             mz = inversion_recovery_mz(t1, tr, tis, ie_vox)
             image = pd * mz * _decay(te, t2)

@@ -180,9 +180,67 @@ def core_mask(tissue_mask: np.ndarray, min_voxels: int = 20) -> np.ndarray:
     return eroded if eroded.sum() >= min_voxels else tissue_mask
 
 
-def robust_tissue_value(values: np.ndarray, tissue_mask: np.ndarray) -> float | None:
-    """Mode (:func:`density_mode`) of ``values`` in the eroded tissue mask; None if empty."""
+#: Voxels whose relative fit residual exceeds this are not used for tissue values (at
+#: SNR >= 30 well-fitted brain voxels stay below 0.05; eyes, vessels and skull exceed it).
+RESIDUAL_MAX = 0.1
+#: Voxels whose T1 Cramér-Rao SD exceeds this fraction of T1 carry no T1 information.
+REL_CRLB_MAX = 1.0
+
+
+def reliable_voxels(mask: np.ndarray, t1: np.ndarray, t2: np.ndarray, ie: np.ndarray | None = None,
+                    crlb_t1: np.ndarray | None = None,
+                    residual: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Voxels of ``mask`` usable for tissue values, the censored ones, and counts.
+
+    Returns ``(reliable, censored_high, counts)``. Not reliable: T1 at a range bound or IE
+    at its lower end (:func:`.bounds.at_bound`; T2 at its bound is common in CSF, whose T2
+    QALAS barely determines, and says nothing against the voxel's T1), relative residual above
+    :data:`RESIDUAL_MAX`, relative T1 CRLB above :data:`REL_CRLB_MAX`. Of those,
+    ``censored_high`` are the well-fitted voxels (residual below the limit) whose T1 sits
+    at the upper bound or carries no information beyond "long": a median counts them as
+    values above every other one (a censored observation) instead of dropping them, which
+    would bias a long-T1 tissue (CSF) low. A voxel failing several tests is counted under
+    each.
+    """
+    from .bounds import T1_RANGE_S, at_bound
+
+    mask = np.asarray(mask, dtype=bool)
+    t1 = np.asarray(t1, dtype=np.float64)
+    bounds = at_bound(t1, t2, ie)
+    tests = {"AtBound": (bounds["T1"] | bounds.get("IE", False)) & mask}
+    fitted = mask
+    if residual is not None:
+        tests["HighResidual"] = mask & (np.asarray(residual) > RESIDUAL_MAX)
+        fitted = mask & ~tests["HighResidual"]
+    uninformative = bounds["T1"] & (t1 >= 0.5 * T1_RANGE_S[1])
+    if crlb_t1 is not None:
+        rel = np.asarray(crlb_t1, dtype=np.float64) / np.maximum(t1, 1e-9)
+        tests["HighRelativeCRLB"] = mask & (rel > REL_CRLB_MAX)
+        uninformative = uninformative | tests["HighRelativeCRLB"]
+    keep = mask & ~np.logical_or.reduce(list(tests.values()))
+    censored = fitted & uninformative & (t1 > CSF_T1_THRESHOLD)
+    counts = {"Voxels": int(mask.sum()), "Used": int(keep.sum()), "CensoredHigh": int(censored.sum())}
+    counts.update({k: int(v.sum()) for k, v in tests.items()})
+    return keep, censored, counts
+
+
+def robust_tissue_value(values: np.ndarray, tissue_mask: np.ndarray, reliable: np.ndarray | None = None,
+                        estimator: str = "mode", censored_high: np.ndarray | None = None) -> float | None:
+    """Robust value of ``values`` in the eroded tissue mask (restricted to ``reliable``).
+
+    ``estimator="mode"`` (:func:`density_mode`: robust to the one-sided partial-volume tail
+    of WM/GM) or ``"median"`` (for CSF: per-voxel T1 noise is large and right-skewed, so
+    the density mode sits below the truth while the median of noise-floor-corrected fits
+    does not; the median also minimises the summed |Mz| of a nulled tissue). The median
+    counts the ``censored_high`` voxels of the eroded mask as larger than every value.
+    None if nothing is left.
+    """
     core = core_mask(tissue_mask)
-    if not core.any():
+    usable = core if reliable is None else core & reliable
+    if not usable.any():
         return None
-    return density_mode(np.asarray(values)[core])
+    sample = np.asarray(values, dtype=np.float64)[usable]
+    if estimator != "median":
+        return density_mode(sample)
+    n_high = int((core & censored_high).sum()) if censored_high is not None else 0
+    return float(np.median(np.concatenate([sample, np.full(n_high, np.inf)])))

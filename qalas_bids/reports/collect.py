@@ -26,6 +26,7 @@ class RunDerivatives:
     crlb: dict[str, Path] = field(default_factory=dict)  # same keys as maps
     residual: Path | None = None
     mask: Path | None = None
+    head_mask: Path | None = None
     b1: Path | None = None
     synthetic: dict[str, Path] = field(default_factory=dict)  # T1w, FLAIR, ...
     sidecar: dict[str, Any] = field(default_factory=dict)  # of the T1map
@@ -97,6 +98,8 @@ def find_runs(output_dir: str | Path, subject: str | None = None, layout=None) -
                 run.residual = path
             elif suffix == "mask" and desc == "brain" and ents.get("datatype", "anat") == "anat":
                 run.mask = path
+            elif suffix == "mask" and desc == "head" and ents.get("datatype", "anat") == "anat":
+                run.head_mask = path
             elif suffix == "TB1map":
                 run.b1 = path
             elif desc == "synthetic" and suffix in SYNTHETIC_SUFFIXES:

@@ -109,8 +109,9 @@ def b1_registration(path: str | Path, background: nib.Nifti1Image, b1_qalas: nib
     return _save(fig, Path(path))
 
 
-def mask_outline(path: str | Path, background: nib.Nifti1Image, mask: nib.Nifti1Image) -> Path:
-    """Brain/head mask outline (red) over the QALAS image."""
+def mask_outline(path: str | Path, background: nib.Nifti1Image, mask: nib.Nifti1Image,
+                 head_mask: nib.Nifti1Image | None = None) -> Path:
+    """Brain mask outline (red) and head mask outline (blue) over the QALAS image."""
     from nilearn import plotting
 
     fig = Figure(figsize=(9, 2.6))
@@ -118,7 +119,28 @@ def mask_outline(path: str | Path, background: nib.Nifti1Image, mask: nib.Nifti1
     ax = fig.add_subplot(1, 1, 1)
     display = plotting.plot_anat(background, axes=ax, display_mode="z", cut_coords=6, annotate=False,
                                  draw_cross=False, dim=-0.5, colorbar=False)
+    if head_mask is not None:
+        display.add_contours(head_mask, levels=[0.5], colors="b", linewidths=0.8)
     display.add_contours(mask, levels=[0.5], colors="r", linewidths=0.8)
+    return _save(fig, Path(path))
+
+
+def fit_flags(path: str | Path, background: nib.Nifti1Image, flags: nib.Nifti1Image) -> Path:
+    """Voxels at a parameter bound (yellow) and with a high residual (magenta) over the image."""
+    from matplotlib.colors import ListedColormap
+    from nilearn import plotting
+
+    fig = Figure(figsize=(9, 2.6))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    display = plotting.plot_anat(background, axes=ax, display_mode="z", cut_coords=6, annotate=False,
+                                 draw_cross=False, dim=-0.5, colorbar=False)
+    data = np.asarray(flags.dataobj, dtype=np.float32)
+    if (data > 0).any():
+        masked = np.ma.masked_equal(data, 0)  # 1 at a bound, 2 high residual, 3 both
+        display.add_overlay(nib.Nifti1Image(masked.filled(np.nan), flags.affine),
+                            cmap=ListedColormap(["gold", "magenta", "red"]), vmin=0.5, vmax=3.5,
+                            transparency=0.8)
     return _save(fig, Path(path))
 
 

@@ -89,6 +89,38 @@ def _tissue_html(loaded: LoadedRun) -> str:
             f"<p class='note'>{_e(loaded.tissue_source)}</p>")
 
 
+def _fit_flags_html(out_dir: Path, loaded: LoadedRun, background: nib.Nifti1Image) -> str:
+    """Overlay of voxels at a parameter bound / with a high residual, and the per-class table."""
+    from ..qalas.bounds import at_bound
+    from ..qalas.tissue import RESIDUAL_MAX
+
+    run, maps = loaded.run, loaded.maps
+    if "T1map" not in maps or "T2map" not in maps:
+        return ""
+    head = loaded.head_mask if loaded.head_mask is not None else loaded.mask
+    flags = at_bound(maps["T1map"], maps["T2map"], maps.get("IEmap"))["any"].astype(np.uint8)
+    if loaded.residual is not None:
+        flags = flags + 2 * (loaded.residual > RESIDUAL_MAX).astype(np.uint8)
+    flags = np.where(head, flags, 0)
+    fig = figures.fit_flags(_figure_path(out_dir, run, "fitflags", "mask"), background,
+                            nib.Nifti1Image(flags.astype(np.float32), loaded.reference.affine))
+    classes = ((run.sidecar.get("ParameterBounds") or {}).get("Classes")) or {}
+    table = ""
+    if classes:
+        head_row = "<tr><th class='l'>class</th><th>voxels</th><th>T1</th><th>T2</th><th>IE (0.5)</th></tr>"
+        rows = "".join(f"<tr><th class='l'>{_e(name)}</th><td>{row.get('Voxels', 0)}</td>"
+                       + "".join(f"<td>{100 * row.get(k, 0):.1f} %</td>" for k in ("T1", "T2", "IE")) + "</tr>"
+                       for name, row in classes.items())
+        table = f"<table>{head_row}{rows}</table>"
+    reliability = run.sidecar.get("TissueReliability") or {}
+    counts = ", ".join(f"{k} {v}" for k, v in reliability.items() if k != "Description")
+    return ("<h3>Fit flags</h3>" + _img(out_dir, fig, "voxels at a bound or with a high residual")
+            + "<p class='note'>Yellow: a parameter at the fit range (qalas_bids.qalas.bounds); magenta: relative "
+              f"residual above {RESIDUAL_MAX:g} (eyes, vessels, skull noise); red: both. Fraction of each "
+              "class at a bound:</p>" + table
+            + (f"<p class='note'>Brain voxels for tissue values: {_e(counts)}.</p>" if counts else ""))
+
+
 def _kv_table(data: dict[str, Any]) -> str:
     rows = "".join(f"<tr><th class='l'>{_e(k)}</th><td class='l'>{_e(v)}</td></tr>" for k, v in data.items())
     return f"<table>{rows}</table>"
@@ -144,8 +176,16 @@ def _run_section(out_dir: Path, loaded: LoadedRun, bids_dir: Path | None, extra_
     # Mask and B1
     background = _background(loaded, bids_dir)
     if run.mask is not None:
-        fig = figures.mask_outline(_figure_path(out_dir, run, "brainmask", "mask"), background, nib.load(str(run.mask)))
-        parts.append("<h3>Mask</h3>" + _img(out_dir, fig, "mask outline"))
+        head = nib.load(str(run.head_mask)) if run.head_mask is not None else None
+        fig = figures.mask_outline(_figure_path(out_dir, run, "brainmask", "mask"), background,
+                                   nib.load(str(run.mask)), head)
+        volumes = side.get("BrainMask") or {}
+        note = (f"Brain {volumes['BrainVolumeMl']} ml, head {volumes['HeadVolumeMl']} ml. "
+                if "BrainVolumeMl" in volumes else "")
+        parts.append("<h3>Masks</h3>" + _img(out_dir, fig, "mask outlines")
+                     + f"<p class='note'>{note}Red: brain mask (tissue values, synthetic nulls). Blue: head "
+                       "mask (the fitted voxels, scalp, skull and eyes included).</p>")
+        parts.append(_fit_flags_html(out_dir, loaded, background))
     else:
         parts.append("<h3>Mask</h3><p class='note'>No brain mask was found in the derivatives.</p>")
     if run.b1 is not None:

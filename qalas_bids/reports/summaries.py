@@ -12,7 +12,7 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
 
-from ..qalas.tissue import LABELS, classify_tissues
+from ..qalas.tissue import LABELS, classify_tissues, reliable_voxels
 from .collect import MAP_SUFFIXES, RunDerivatives
 
 TISSUES = ("WM", "GM", "CSF")
@@ -35,6 +35,8 @@ class LoadedRun:
     mask: np.ndarray
     labels: np.ndarray  # 0 bg, 1 CSF, 2 GM, 3 WM
     tissue_source: str
+    head_mask: np.ndarray | None = None
+    reliable: np.ndarray | None = None  # brain voxels usable for tissue values
 
 
 def _load(path: Path) -> np.ndarray:
@@ -82,6 +84,11 @@ def load_run(run: RunDerivatives, derivatives_dir: str | Path | None = None) -> 
     crlb = {k: _load(p) for k, p in run.crlb.items()}
     residual = _load(run.residual) if run.residual else None
     mask = _load(run.mask) > 0 if run.mask else maps["T1map"] > 0
+    head = _load(run.head_mask) > 0 if run.head_mask else None
+    reliable = None
+    if "T1map" in maps and "T2map" in maps:
+        reliable = reliable_voxels(mask, maps["T1map"], maps["T2map"], maps.get("IEmap"),
+                                   crlb.get("T1map"), residual)[0]
     labels = source = None
     if derivatives_dir is not None:
         found = _labels_from_fmriprep(Path(derivatives_dir), run, reference)
@@ -92,7 +99,7 @@ def load_run(run: RunDerivatives, derivatives_dir: str | Path | None = None) -> 
         labels, source = classes.labels, classes.description
         if derivatives_dir is not None:
             source = f"No dseg for this session in {derivatives_dir}; " + source
-    return LoadedRun(run, reference, maps, crlb, residual, mask, labels, source)
+    return LoadedRun(run, reference, maps, crlb, residual, mask, labels, source, head, reliable)
 
 
 def _stats(values: np.ndarray) -> dict[str, float]:
@@ -103,10 +110,13 @@ def _stats(values: np.ndarray) -> dict[str, float]:
 
 
 def tissue_table(loaded: LoadedRun) -> dict[str, dict[str, dict[str, float]]]:
-    """``{tissue: {map suffix: {median, iqr, n}}}`` over the labelled voxels."""
+    """``{tissue: {map suffix: {median, iqr, n}}}`` over the labelled voxels that
+    :func:`~qalas_bids.qalas.tissue.reliable_voxels` keeps (no bound, residual or CRLB outliers)."""
     table = {}
     for tissue in TISSUES:
         sel = (loaded.labels == LABELS[tissue]) & loaded.mask
+        if loaded.reliable is not None:
+            sel &= loaded.reliable
         table[tissue] = {k: _stats(loaded.maps[k][sel]) for k in MAP_SUFFIXES if k in loaded.maps}
     return table
 

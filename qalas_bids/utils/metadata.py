@@ -85,6 +85,7 @@ def fit_sidecar_metadata(info: dict[str, Any], timing_sources: dict[str, str] | 
         "NoiseSigma": info.get("noise_sigma"),
         "NoiseSigmaMethod": info.get("noise_sigma_method"),
         "NumberOfVoxels": info.get("n_voxels"),
+        "NoiseFloorCorrection": info.get("noise_floor_correction"),
     }
     if info.get("model_path") or info.get("model"):
         model = info.get("model") or {}

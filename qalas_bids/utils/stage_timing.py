@@ -79,7 +79,7 @@ def node_times(execgraph: Any, since: datetime) -> list[StageTime]:
         scope, stage = _node_label(node.fullname)
         rows.append(StageTime(scope, stage, float(duration), "cached" if cached else ""))
         sidecar = getattr(getattr(result, "outputs", None), "sidecar", None)
-        if isinstance(sidecar, dict):  # the fit node's sub-stages (FitInfo.StageTimesSeconds)
+        if node.name == "fit" and isinstance(sidecar, dict):  # its sub-stages (FitInfo.StageTimesSeconds)
             for sub, seconds in ((sidecar.get("FitInfo") or {}).get("StageTimesSeconds") or {}).items():
                 rows.append(StageTime(scope, f"{stage}: {sub}", float(seconds), "cached" if cached else ""))
     return sorted(rows, key=lambda r: (r.scope, r.stage))

@@ -10,6 +10,7 @@ from nipype.pipeline import engine as pe
 from ..interfaces.fit import FitQalas
 from ..interfaces.io import LoadQalas
 from ..interfaces.masking import HeadMask
+from ..interfaces.tissues import BrainTissues
 from ..utils.metadata import ALGORITHMS, raw_sources
 from .b1 import init_b1_wf
 from .outputs import init_datasink_wf
@@ -48,13 +49,14 @@ def init_qalas_wf(*, run, settings, name: str | None = None):
     Outputs
     -------
     t1, t2, pd, ie : fitted maps (work directory)
-    mask : head mask; b1 : B1 in QALAS space (undefined with --no-b1)
+    mask : head mask (fitted voxels); b1 : B1 in QALAS space (undefined with --no-b1)
     out_files : derivatives written
     """
     workflow = pe.Workflow(name=name or run_workflow_name(run))
     workflow.__desc__ = (
         f"The five 3D-QALAS contrasts of {run.label} were stacked and a head mask (CSF "
-        f"included) was computed. Maps of T1, T2, proton density and inversion efficiency "
+        f"included) was computed; after the fit, the brain was separated from the scalp, skull "
+        f"and eyes using the fitted maps. Maps of T1, T2, proton density and inversion efficiency "
         f"were estimated voxel-wise with {ALGORITHMS[settings.fit_mode]}, with Cramer-Rao "
         "lower-bound uncertainty maps and the relative fit residual."
     )
@@ -91,6 +93,7 @@ def init_qalas_wf(*, run, settings, name: str | None = None):
         fit.inputs.save_model_path = str(settings.save_model_dir / model_filename(run.entities))
         fit.inputs.model_provenance = {"acquisition": acquisition_info(run.metadata), "label": run.label,
                                        "sources": raw_sources(run.qalas_files, settings.bids_dir)}
+    tissues = pe.Node(BrainTissues(), name="brain_tissues", mem_gb=1.0)
     synth = init_synthetic_node(settings, sources=raw_sources(run.qalas_files, settings.bids_dir))
     sinks = init_datasink_wf(run=run, settings=settings,
                              contrasts=bool(synth), b1=run.b1 is not None and not settings.no_b1)
@@ -101,8 +104,11 @@ def init_qalas_wf(*, run, settings, name: str | None = None):
         (load, fit, [("out_file", "qalas_file"), ("timing", "timing"),
                      ("timing_sources", "timing_sources"), ("timing_warnings", "timing_warnings")]),
         (mask, fit, [("out_mask", "mask_file")]),
-        (fit, sinks, [("out_maps", "inputnode.maps"), ("sidecar", "inputnode.fit_metadata")]),
-        (mask, sinks, [("out_mask", "inputnode.mask")]),
+        (fit, tissues, [("out_maps", "maps"), ("sidecar", "fit_sidecar")]),
+        (mask, tissues, [("out_mask", "head_mask")]),
+        (fit, sinks, [("out_maps", "inputnode.maps")]),
+        (tissues, sinks, [("sidecar", "inputnode.fit_metadata"), ("brain_mask", "inputnode.mask")]),
+        (mask, sinks, [("out_mask", "inputnode.head_mask")]),
         (fit, outputnode, [("t1", "t1"), ("t2", "t2"), ("pd", "pd"), ("ie", "ie")]),
         (mask, outputnode, [("out_mask", "mask")]),
         (sinks, outputnode, [("outputnode.out_files", "out_files")]),
@@ -119,8 +125,9 @@ def init_qalas_wf(*, run, settings, name: str | None = None):
         ])
     if synth:
         workflow.connect([
-            (fit, synth, [("t1", "t1"), ("t2", "t2"), ("pd", "pd"), ("ie", "ie")]),
+            (fit, synth, [("t1", "t1"), ("t2", "t2"), ("pd", "pd"), ("ie", "ie"), ("out_maps", "maps")]),
             (mask, synth, [("out_mask", "mask")]),
+            (tissues, synth, [("brain_mask", "brain_mask")]),
             (synth, sinks, [("out_files", "inputnode.synth_files"),
                             ("out_names", "inputnode.synth_names"),
                             ("out_metadata", "inputnode.synth_metadata")]),

@@ -17,7 +17,7 @@ def init_datasink_wf(*, run, settings, contrasts: bool = True, b1: bool = True,
     ------
     maps : nine files in :data:`qalas_bids.interfaces.fit.MAP_KEYS` order
     fit_metadata : dynamic sidecar keys from the fit (SequenceTiming, FitInfo, Warnings...)
-    mask : head mask; b1 : B1 in QALAS space
+    mask : brain mask; head_mask : head mask (fitted voxels); b1 : B1 in QALAS space
     synth_files, synth_names, synth_metadata : synthetic contrasts (suffix = name)
 
     Outputs
@@ -26,7 +26,7 @@ def init_datasink_wf(*, run, settings, contrasts: bool = True, b1: bool = True,
     """
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=[
-        "maps", "fit_metadata", "mask", "b1", "synth_files", "synth_names", "synth_metadata"]),
+        "maps", "fit_metadata", "mask", "head_mask", "b1", "synth_files", "synth_names", "synth_metadata"]),
         name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
     ents = dict(run.entities)
@@ -45,17 +45,21 @@ def init_datasink_wf(*, run, settings, contrasts: bool = True, b1: bool = True,
     ), name="ds_maps", run_without_submitting=True)
     ds_mask = pe.Node(DerivativeSink(
         out_dir=out_dir, bids_dir=bids_dir, dtype="uint8",
-        rel_paths=[derivative_path(ents, "mask", desc="brain")],
-        metadata=[{"Type": "Brain", "Description": "head mask of the fitted voxels (CSF included; "
-                   "computed from the QALAS contrasts)", "Sources": qalas_sources,
-                   "SkullStripped": False, "SoftwareVersion": settings.version}],
+        rel_paths=[derivative_path(ents, "mask", desc="brain"), derivative_path(ents, "mask", desc="head")],
+        metadata=[{"Type": "Brain", "Description": "brain mask (CSF included; scalp, skull, sinuses and "
+                   "eyes excluded), computed from the fitted T1 and PD maps", "Sources": qalas_sources,
+                   "SkullStripped": False, "SoftwareVersion": settings.version},
+                  {"Description": "head mask: the fitted voxels (computed from the QALAS contrasts)",
+                   "Sources": qalas_sources, "SkullStripped": False, "SoftwareVersion": settings.version}],
     ), name="ds_mask", run_without_submitting=True)
+    masks = pe.Node(niu.Merge(2), name="merge_masks", run_without_submitting=True)
     merge = pe.Node(niu.Merge(4, ravel_inputs=True), name="merge_outputs",
                     run_without_submitting=True)
 
     workflow.connect([
         (inputnode, ds_maps, [("maps", "in_files"), ("fit_metadata", "extra_metadata")]),
-        (inputnode, ds_mask, [("mask", "in_files")]),
+        (inputnode, masks, [("mask", "in1"), ("head_mask", "in2")]),
+        (masks, ds_mask, [("out", "in_files")]),
         (ds_maps, merge, [("out_files", "in1")]),
         (ds_mask, merge, [("out_files", "in2")]),
         (merge, outputnode, [("out", "out_files")]),
