@@ -55,7 +55,8 @@ class SyntheticContrasts(SimpleInterface):
             from ..qalas.fit_volume import MAP_KEYS
 
             paths = dict(zip(MAP_KEYS, self.inputs.maps))
-            extra = {"crlb_t1": load(paths["crlb_t1"]), "residual": load(paths["residual"])}
+            extra = {"crlb": {k: load(paths[f"crlb_{k}"]) for k in ("t1", "t2", "ie")},
+                     "residual": load(paths["residual"])}
         images = synthesize_all(
             load(self.inputs.t1), load(self.inputs.t2), load(self.inputs.pd), ie=ie, mask=mask,
             contrasts=list(self.inputs.contrasts) if isdefined(self.inputs.contrasts) else None,

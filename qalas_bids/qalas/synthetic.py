@@ -194,34 +194,6 @@ def resolve_params(contrasts: list[str] | None, params: Mapping[str, Any] | None
     return resolved
 
 
-def fluid_median_filter(maps: dict[str, np.ndarray], fluid: np.ndarray,
-                        usable: np.ndarray) -> dict[str, np.ndarray]:
-    """Copies of ``maps`` where each ``fluid`` voxel holds the median over its 3x3x3
-    neighbours that are ``fluid`` and ``usable`` (itself included; unchanged if none).
-
-    Fluid (CSF, vitreous) T1 has a per-voxel Cramér-Rao SD of 25 % at SNR 60, so a null
-    computed from one voxel's T1 leaves most fluid voxels bright. The median over up to 27
-    same-class neighbours cuts that spread about four-fold without mixing tissue classes
-    (edges between fluid and parenchyma are kept).
-    """
-    fluid = np.asarray(fluid, dtype=bool)
-    idx = np.argwhere(fluid)
-    ok = np.pad(fluid & np.asarray(usable, dtype=bool), 1, constant_values=False)
-    out = {}
-    for name, arr in maps.items():
-        padded = np.pad(np.asarray(arr, dtype=np.float64), 1)
-        samples = np.full((idx.shape[0], 27), np.nan)
-        for k, off in enumerate(np.ndindex(3, 3, 3)):
-            pos = tuple(idx[:, a] + off[a] for a in range(3))
-            samples[:, k] = np.where(ok[pos], padded[pos], np.nan)
-        filtered = np.array(arr, dtype=np.float64, copy=True)
-        have = ~np.isnan(samples).all(axis=1)
-        with np.errstate(all="ignore"):
-            filtered[tuple(idx[have].T)] = np.nanmedian(samples[have], axis=1)
-        out[name] = filtered
-    return out
-
-
 def estimate_null_tissues(
     t1: np.ndarray, mask: np.ndarray, ie: np.ndarray | None = None, null_mode: str = "subject",
     reliable: np.ndarray | None = None, exclusions: dict[str, int] | None = None,
@@ -279,20 +251,21 @@ def synthesize_all(
     null_mode: str = "subject",
     ie_aware: bool = True,
     brain_mask: np.ndarray | None = None,
-    crlb_t1: np.ndarray | None = None,
+    crlb: Mapping[str, np.ndarray] | None = None,
     residual: np.ndarray | None = None,
-    fluid_filter: bool = True,
+    fluid_shrinkage: bool = True,
 ) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
     """Synthetic images ``{name: (float32 image, metadata)}`` for the requested contrasts.
 
     ``t1``/``t2`` in seconds, ``pd`` arbitrary units, ``ie`` unitless (optional). Output is 0
     outside ``mask`` (default ``t1 > 0 & pd > 0``; the head mask in the app). Tissue values
     for the nulls come from ``brain_mask`` (default ``mask``) minus the voxels that
-    :func:`.tissue.reliable_voxels` rejects with ``crlb_t1``/``residual``. With
-    ``fluid_filter`` the fluid voxels (T1 > 2.5 s) are synthesised from
-    :func:`fluid_median_filter` maps. Metadata: RepetitionTime, EchoTime, InversionTime
-    (s; DIR ``[TI1, TI2]``), Equation, EquationFormula, IEAware, NullMode, NullTissues
-    (T1/IE/Source/voxel counts of each nulled tissue), FluidFilter, IntensityScale, Units.
+    :func:`.tissue.reliable_voxels` rejects with the CRLB SD maps ``crlb`` (keys ``t1``,
+    ``t2``, ``ie``) and ``residual``. With ``fluid_shrinkage`` (and CRLB maps) the noisy
+    fluid voxels (T1 > 2.5 s) are synthesised from :func:`.fluid_shrinkage.shrink_fluid`
+    values. Metadata: RepetitionTime, EchoTime, InversionTime (s; DIR ``[TI1, TI2]``),
+    Equation, EquationFormula, IEAware, NullMode, NullTissues (T1/IE/Source/voxel counts
+    of each nulled tissue), FluidShrinkage, IntensityScale, Units.
     """
     t1, t2, pd = (np.asarray(a, dtype=np.float64) for a in (t1, t2, pd))
     if not (t1.shape == t2.shape == pd.shape):
@@ -317,6 +290,8 @@ def synthesize_all(
         raise QalasInputError("synthetic contrasts: PD is zero everywhere inside the mask.")
     scale = TARGET_SCALE / pd_ref
     brain = mask if brain_mask is None else np.asarray(brain_mask, dtype=bool) & mask
+    crlb = dict(crlb or {})
+    crlb_t1 = crlb.get("t1")
     reliable, censored, exclusions = reliable_voxels(brain, t1, t2, ie, crlb_t1, residual)
     # Noisy fluid (relative T1 CRLB > NOISY_REL_CRLB): median for the null, filter for synthesis.
     # Without CRLB maps (e.g. ground-truth maps) fluid is taken as noise-free: mode, no filter.
@@ -326,18 +301,27 @@ def synthesize_all(
     needs_null = any(s.get("InversionTime") == "auto" for s in specs.values())
     tissues = estimate_null_tissues(t1, brain, ie if use_ie else None, null_mode, reliable,
                                     exclusions, censored, "median" if csf_noisy else "mode") if needs_null else {}
-    filter_note = "off" if noisy is not None else "off (no CRLB map: maps taken as noise-free)"
-    if fluid_filter and noisy is not None:
+    shrink_note: Any = "off" if noisy is not None else "off (no CRLB map: maps taken as noise-free)"
+    if fluid_shrinkage and noisy is not None:
+        from .fluid_shrinkage import shrink_fluid
+
         fluid = mask & (t1 > CSF_T1_THRESHOLD) & noisy
         usable = reliable_voxels(mask, t1, t2, ie, crlb_t1, residual)[0]
         names = {"t1": t1, "t2": t2} | ({"ie": ie} if ie is not None else {})
-        filtered = fluid_median_filter(names, fluid, usable)
-        t1, t2 = filtered["t1"], filtered["t2"]
-        ie = filtered.get("ie", ie)
+        csf = tissues.get("CSF") or {}
+        brain_core = core_mask(fluid_class) & reliable
+        centres = {"t1": csf.get("T1") if csf.get("Estimator") else None, "ie": csf.get("IE")}
+        shrunk, groups = shrink_fluid(names, crlb, {
+            "BrainFluid": (fluid & brain, brain_core, centres),
+            "OtherFluid": (fluid & ~brain, usable & ~brain, {})})
+        t1, t2 = shrunk["t1"], shrunk["t2"]
+        ie = shrunk.get("ie", ie)
         ie_vox = np.clip(ie, 0.0, 1.0) if use_ie else 1.0
-        filter_note = (f"T1, T2 and IE of noisy fluid voxels (T1 > {CSF_T1_THRESHOLD:g} s, relative T1 CRLB > "
-                       f"{NOISY_REL_CRLB:g}; {int(fluid.sum())} voxels) replaced by the median of their "
-                       "reliable fluid 3x3x3 neighbours")
+        shrink_note = {"Description": (
+            f"noisy fluid voxels (T1 > {CSF_T1_THRESHOLD:g} s, relative T1 CRLB > {NOISY_REL_CRLB:g}) are "
+            "synthesised from empirical-Bayes values: each parameter shrunk towards its group median "
+            "with weight tau^2 / (tau^2 + CRLB^2) (qalas_bids.qalas.fluid_shrinkage); the maps are not "
+            "changed"), "Groups": groups}
 
     results = {}
     for name, spec in specs.items():
@@ -350,7 +334,7 @@ def synthesize_all(
             "IEAware": use_ie if equation != "spin-echo" else False,
             "IntensityScale": scale,
             "Units": "arbitrary",
-            "FluidFilter": filter_note,
+            "FluidShrinkage": shrink_note,
         }
         if equation == "spin-echo":
             image = spin_echo(t1, t2, pd, tr, te)
