@@ -3,9 +3,10 @@
 Tolerances (SNR 60, 2 mm, Siemens timing):
 * brain mask from the fitted maps: Dice >= 0.97 with the true intracranial mask;
 * tissue classes from the maps: >= 90 % agreement with the true labels inside the brain;
-* pure-CSF (fraction > 0.95) median T1 within 8 % of the truth on the ventricle slab used
-  here (measured +2 to +7 %; the issue's 5 % holds on the full head, +2.0 to +4.3 % in
-  every mode, but not yet on this slab), < 2 % of it at the T1 bound;
+* pure-CSF (fraction > 0.95) median T1 within 5 % of the truth on the full head (pretrained
+  here; +2.0 to +4.3 % in the four modes, docs/methods.md) and within 8 % on the 14-slice
+  ventricle slab of the per-mode test (+2 to +7 % measured: the per-voxel CSF estimate
+  depends on the start of the refinement, see docs), < 2 % of it at the T1 bound;
 * WM/GM (fraction > 0.9) median |bias| < 0.5 % for T1 and T2, NRMSE <= 1.1 x the CRLB at
   the true parameters (RMS over the voxels);
 * the CSF and WM T1 used for the synthetic nulls within 5 % / 3 % of the truth;
@@ -152,3 +153,41 @@ def test_at_bound_flags_and_reliable_voxels():
     assert keep.tolist() == [True, False, True, False, False]
     assert censored.tolist() == [False, True, False, False, False]
     assert counts["HighResidual"] == 1 and counts["AtBound"] == 3
+
+
+def test_receive_inhomogeneity_moves_pd_only():
+    """A 20 % receive-coil gradient scales all contrasts alike: T1/T2 stay unbiased, the brain
+    mask still separates, and the fitted PD follows pd * receive."""
+    head = make_digital_brain(resolution=2.0, snr=60, anatomy="head", receive_amplitude=0.2)
+    sl = _slab(head)
+    mask = compute_head_mask(head.signals[sl])
+    fit = fit_volume(head.signals[sl], head.b1[sl], mask, head.timing, method="pretrained",
+                     ssl_options={"num_threads": 2}, progress=False)
+    brain, _ = brain_mask_from_maps(fit.maps["t1"], fit.maps["pd"], mask, 2.0)
+    assert _dice(brain, head.brain_mask[sl]) >= 0.97
+    wm = head.tissue_fractions["WM"][sl] > 0.9
+    for name in ("t1", "t2"):
+        assert abs(np.median(fit.maps[name][wm] / getattr(head, name)[sl][wm] - 1)) < 0.005
+    apparent = fit.maps["pd"][wm] / head.pd[sl][wm]
+    receive = head.receive[sl][wm]
+    assert np.corrcoef(apparent, receive)[0, 1] > 0.9
+    assert receive.max() / receive.min() > 1.2
+
+
+def test_full_head_csf_and_nulls_meet_the_targets(head, pretrained_fit):
+    """The issue's targets on the whole head (pretrained; the other modes are measured in the
+    docs): pure-CSF median T1 within 5 %, < 2 % at the bound, FLAIR/DIR nulls."""
+    mask, fit = pretrained_fit
+    m = fit.maps
+    pure_csf = (head.tissue_fractions["CSF"] > 0.95) & head.brain_mask
+    assert np.median(m["t1"][pure_csf]) == pytest.approx(np.median(head.t1[pure_csf]), rel=0.05)
+    assert np.mean(m["t1"][pure_csf] >= T1_RANGE_S[1] * 0.99) < 0.02
+    brain, _ = brain_mask_from_maps(m["t1"], m["pd"], mask, 2.0)
+    images = synthesize_all(m["t1"], m["t2"], m["pd"], m["ie"], mask=mask, brain_mask=brain,
+                            crlb={k: m[f"crlb_{k}"] for k in ("t1", "t2", "ie")}, residual=m["residual"],
+                            contrasts=["FLAIR", "DIR"])
+    wm, gm = head.tissue_fractions["WM"] > 0.9, head.tissue_fractions["GM"] > 0.9
+    flair, dir_ = images["FLAIR"][0], images["DIR"][0]
+    assert np.median(flair[pure_csf]) / np.median(flair[wm]) < 0.1
+    assert np.median(dir_[pure_csf]) / np.median(dir_[gm]) < 0.2
+    assert np.median(dir_[wm]) / np.median(dir_[gm]) < 0.2

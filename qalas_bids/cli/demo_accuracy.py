@@ -39,7 +39,7 @@ def _tissue_masks(anat_dir: Path, prefix: str) -> dict[str, np.ndarray]:
     for name, label in TISSUES.items():
         probseg = anat_dir / f"{prefix}_label-{name}_probseg.nii.gz"
         masks[name] = _load(probseg) > PURE_FRACTION if probseg.exists() else dseg == label
-    masks["brain"] = dseg > 0
+    masks["brain"] = np.isin(dseg, list(TISSUES.values()))  # the head classes (scalp, eyes...) are 4-8
     return masks
 
 

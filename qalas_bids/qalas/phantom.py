@@ -112,6 +112,7 @@ class DigitalBrain:
     b1_field: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False)
     head_mask: np.ndarray | None = None  # every class (skull and sinuses too) >= 0.5
     anatomy: str = "brain"
+    receive: np.ndarray | None = None  # receive-coil sensitivity (1 = uniform)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -257,6 +258,7 @@ def make_digital_brain(
     anatomy_seed: int | None = None,
     margin_mm: float = 12.0,
     anatomy: str = "brain",
+    receive_amplitude: float = 0.0,
 ) -> DigitalBrain:
     """Simulate a 3D-QALAS acquisition of the digital brain (see the module docstring).
 
@@ -272,7 +274,13 @@ def make_digital_brain(
     margin_mm : background margin around the brain bounding box (mm)
     anatomy : ``"brain"`` (brain only) or ``"head"`` (adds scalp, fat, skull, sinuses and
         eyes, :mod:`.head_anatomy`; the margin grows to hold them)
+    receive_amplitude : receive-coil inhomogeneity: every contrast is multiplied by
+        ``1 + a * g`` with ``g`` running linearly from -1 (anterior) to +1 (posterior) over the
+        head (0 <= a < 0.5). It scales all five contrasts alike, so T1/T2/IE are unaffected and
+        the fitted PD is ``pd * receive`` (``DigitalBrain.receive``)
     """
+    if not (0.0 <= receive_amplitude < 0.5):
+        raise QalasInputError(f"receive_amplitude must be in [0, 0.5), got {receive_amplitude!r}")
     if anatomy not in ANATOMIES:
         raise QalasInputError(f"anatomy must be one of {ANATOMIES}, got {anatomy!r}")
     if not (0.5 <= float(resolution) <= 6.0):
@@ -330,6 +338,11 @@ def make_digital_brain(
             torch.from_numpy(maps["t2"][sel]), torch.from_numpy(maps["pd"][sel]),
             torch.from_numpy(maps["ie"][sel]), torch.from_numpy(b1[sel]), timing,
         ).numpy()
+    support = np.argwhere(head_mask)
+    y_lo, y_hi = (nib.affines.apply_affine(affine, support[[support[:, 1].argmin(), support[:, 1].argmax()]])[:, 1])
+    receive = 1.0 + receive_amplitude * np.clip(1.0 - 2.0 * (world[..., 1] - y_lo) / max(y_hi - y_lo, 1e-6),
+                                                -1.0, 1.0)
+    noiseless *= receive[..., None]
     wm = fractions["WM"] > SNR_WM_FRACTION
     sigma = float(noiseless[wm, 4].mean() / snr) if np.isfinite(snr) else 0.0
     noise_rng = np.random.default_rng([seed, 1])
@@ -341,7 +354,7 @@ def make_digital_brain(
         tissue_fractions=fractions, labels=labels, brain_mask=brain_mask, affine=affine,
         timing=timing, noiseless=noiseless, signals=signals, sigma=sigma, snr=float(snr),
         seed=int(seed), b1_scale=float(b1_scale), b1_field=b1_field, head_mask=head_mask,
-        anatomy=anatomy,
+        anatomy=anatomy, receive=receive,
     )
 
 

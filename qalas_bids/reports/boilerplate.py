@@ -87,7 +87,7 @@ def methods_markdown(settings: Mapping[str, Any], runs: Sequence[Mapping[str, An
                 "T1, T2, proton density (PD) and inversion efficiency (IE) were estimated with "
                 "SSL-QALAS [@jun2023sslqalas]: a per-voxel neural network whose predicted maps are "
                 "passed through the QALAS signal model and compared with the measured images "
-                f"(self-supervised loss inside the brain mask), {MODE_TEXT.get(mode, mode)}{ep}.")
+                f"(self-supervised loss inside the head mask), {MODE_TEXT.get(mode, mode)}{ep}.")
     parts.append(f"Computations ran on {_fmt_list(devices)}.")
     b1_sources = _unique([str(r.get("B1Source")) for r in runs if r.get("B1Source")])
     if settings.get("no_b1") or (runs and not b1_sources):
@@ -100,8 +100,13 @@ def methods_markdown(settings: Mapping[str, Any], runs: Sequence[Mapping[str, An
             + (f", {fa} degrees" if fa else "") + ") was resampled into the QALAS grid using both "
             "image affines (world coordinates, linear interpolation), clipped to [0.65, 1.35] and "
             "used as the known relative transmit field of each voxel.")
-    parts.append("Per-voxel Cramér-Rao lower bounds (noise estimated from the background) and the "
-                 "relative residual of the fit are provided as uncertainty maps.")
+    parts.append("Before fitting, the Rician noise floor was removed from the magnitudes "
+                 "(sqrt(M^2 - 2 sigma^2), sigma from the image background); T1 was allowed up to 10 s "
+                 "and T2 up to 5 s. Per-voxel Cramér-Rao lower bounds (noise estimated from the "
+                 "background) and the relative residual of the fit are provided as uncertainty maps. "
+                 "The brain was separated from scalp, skull and eyes using the fitted PD and T1 maps; "
+                 "tissue values ignored voxels at a parameter bound, with a high residual or a high "
+                 "relative Cramér-Rao bound.")
     synth = settings.get("synth_contrasts")
     if synth:
         names = synth.split(",") if isinstance(synth, str) else list(synth)
@@ -109,7 +114,10 @@ def methods_markdown(settings: Mapping[str, Any], runs: Sequence[Mapping[str, An
         null_text = ("from each subject's fitted CSF and WM T1" if null_mode == "subject"
                      else "from textbook 3 T T1 values")
         parts.append(f"Synthetic {_fmt_list(names)} images were computed from the maps with spin-echo and "
-                     f"inversion-recovery signal equations; null inversion times were derived {null_text}.")
+                     f"inversion-recovery signal equations; null inversion times were derived {null_text}. "
+                     "For fluid voxels with an uncertain T1, the synthetic images used values shrunk "
+                     "towards the fluid's centre with Cramér-Rao-based empirical-Bayes weights "
+                     "(the quantitative maps are unchanged).")
     return "### Methods\n\n" + " ".join(parts) + "\n"
 
 
