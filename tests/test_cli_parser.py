@@ -35,6 +35,23 @@ def test_defaults(bids, tmp_path):
     assert settings.plugin_args == {"n_procs": 3, "maxtasksperchild": 1, "raise_insufficient": False}
     one = Settings.from_namespace(parse_args([str(bids), str(tmp_path / "o"), "participant", "--nprocs", "1"]))
     assert one.plugin == "Linear"
+    assert settings.noise_floor_correction is True
+
+
+def test_noise_floor_correction_can_be_turned_off(bids, tmp_path):
+    from qalas_bids.qalas.fit_volume import fit_volume
+    from qalas_bids.qalas.phantom import make_digital_brain
+
+    settings = Settings.from_namespace(parse_args([str(bids), str(tmp_path / "out"), "participant",
+                                                   "--no-noise-floor-correction"]))
+    assert settings.noise_floor_correction is False
+    brain = make_digital_brain(resolution=4.0, snr=30)
+    fits = {flag: fit_volume(brain.signals, brain.b1, brain.brain_mask, brain.timing, method="pretrained",
+                             progress=False, noise_floor_correction=flag) for flag in (True, False)}
+    assert fits[True].info["noise_floor_correction"]["applied"] is True
+    off = fits[False].info["noise_floor_correction"]
+    assert off["applied"] is False and "--no-noise-floor-correction" in off["reason"]
+    assert not (fits[True].maps["t1"] == fits[False].maps["t1"]).all()
 
 
 @pytest.mark.parametrize("words", [["T1w,FLAIR"], ["T1w", "FLAIR"], ["T1w,FLAIR", "T1w"]])

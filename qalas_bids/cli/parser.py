@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="QALAS timing preset to use instead of the sidecar's Manufacturer")
     g.add_argument("--seed", type=v.non_negative_int, default=0,
                    help="random seed of the network training (reproducible results)")
+    g.add_argument("--no-noise-floor-correction", action="store_true",
+                   help="fit the magnitudes as they are. By default the Rician noise floor is "
+                        "removed first (sqrt(M^2 - 2 sigma^2), sigma from the image background), "
+                        "which removes an upward bias of long (CSF) T1s; turn it off for images "
+                        "whose background is not Rayleigh noise (e.g. denoised or multi-coil "
+                        "sum-of-squares data with a non-central chi background)")
 
     g = parser.add_argument_group("SSL training (expert)")
     g.add_argument("--epochs", type=v.positive_int, metavar="N",

@@ -28,6 +28,8 @@ class _FitQalasInputSpec(BaseInterfaceInputSpec):
     model_path = File(exists=True, desc="network weights for pretrained / fine-tune")
     ssl_options = traits.Dict(desc="expert SSL options (epochs, batch_size, ...)")
     num_threads = traits.Int(1, usedefault=True, desc="torch CPU threads")
+    noise_floor_correction = traits.Bool(True, usedefault=True,
+                                         desc="remove the Rician noise floor before fitting")
     timing_sources = traits.Dict(desc="where each timing value came from (for the sidecar)")
     timing_warnings = traits.List(traits.Str, desc="timing warnings (for the sidecar)")
     extra_warnings = traits.List(traits.Str, desc="warnings of the checks before the workflow (for the sidecar)")
@@ -94,6 +96,7 @@ class FitQalas(SimpleInterface):
                 model_path=self.inputs.model_path if isdefined(self.inputs.model_path) else None,
                 ssl_options=self._ssl_options(),
                 progress=False,
+                noise_floor_correction=self.inputs.noise_floor_correction,
             )
         saved = (self._ssl_options() or {}).get("save_model_path")
         if saved:

@@ -17,10 +17,13 @@ Equations (``E(t) = exp(-t/T1)``, ``IE`` = inversion efficiency, 1 for a perfect
 
 IE-aware mode (default when an IE map is given) uses the voxel's fitted IE; otherwise
 IE = 1. Null inversion times solve ``Mz(T1_null) = 0`` with the same equation, using
-T1 (and IE) of this subject's CSF/WM (``null_mode="subject"``: the mode of T1 in the
-eroded tissue class of :mod:`qalas_bids.qalas.tissue`, and the median IE of the class
-voxels within 5 % of that T1) or textbook 3 T constants
-(``null_mode="constant"``: CSF 4.2 s, WM 0.85 s, fat 0.38 s).
+T1 (and IE) of this subject's CSF/WM (``null_mode="subject"``: in the eroded tissue class
+of :mod:`qalas_bids.qalas.tissue` inside the brain mask, without the voxels that
+:func:`~qalas_bids.qalas.tissue.reliable_voxels` rejects, the density mode of T1 for WM
+and for noise-free maps, the censored median for noisy CSF; IE is the median over the used
+voxels within 5 % of that T1) or textbook 3 T constants (``null_mode="constant"``: CSF
+4.2 s, WM 0.85 s, fat 0.38 s). Noisy fluid voxels are synthesised from shrunk values
+(:mod:`qalas_bids.qalas.fluid_shrinkage`).
 
 Images are multiplied by one common factor ``1000 / p99(PD in mask)`` (recorded as
 ``IntensityScale``) so that they fit comfortably in an integer range.
@@ -41,7 +44,7 @@ CONTRASTS = ("T1w", "T2w", "PDw", "FLAIR", "DIR", "PSIR", "STIR")
 #: Textbook 3 T T1 (s) used for nulling when null_mode="constant" (fat always: no fat in brain).
 TEXTBOOK_T1 = {"CSF": 4.2, "WM": 0.85, "fat": 0.38}
 NULL_MODES = ("subject", "constant")
-#: Relative T1 CRLB above which a fluid voxel counts as noisy (median null, fluid filter).
+#: Relative T1 CRLB above which a fluid voxel counts as noisy (median null, fluid shrinkage).
 NOISY_REL_CRLB = 0.05
 #: Target value of the 99th percentile of PD inside the mask after scaling.
 TARGET_SCALE = 1000.0
@@ -293,8 +296,8 @@ def synthesize_all(
     crlb = dict(crlb or {})
     crlb_t1 = crlb.get("t1")
     reliable, censored, exclusions = reliable_voxels(brain, t1, t2, ie, crlb_t1, residual)
-    # Noisy fluid (relative T1 CRLB > NOISY_REL_CRLB): median for the null, filter for synthesis.
-    # Without CRLB maps (e.g. ground-truth maps) fluid is taken as noise-free: mode, no filter.
+    # Noisy fluid (relative T1 CRLB > NOISY_REL_CRLB): median for the null, shrinkage for synthesis.
+    # Without CRLB maps (e.g. ground-truth maps) fluid is taken as noise-free: mode, no shrinkage.
     noisy = None if crlb_t1 is None else np.asarray(crlb_t1) > NOISY_REL_CRLB * np.maximum(t1, 1e-9)
     fluid_class = brain & (t1 > CSF_T1_THRESHOLD)
     csf_noisy = noisy is not None and fluid_class.any() and float(np.mean(noisy[fluid_class])) > 0.5

@@ -231,7 +231,7 @@ def robust_tissue_value(values: np.ndarray, tissue_mask: np.ndarray, reliable: n
     ``estimator="mode"`` (:func:`density_mode`: robust to the one-sided partial-volume tail
     of WM/GM) or ``"median"`` (for CSF: per-voxel T1 noise is large and right-skewed, so
     the density mode sits below the truth while the median of noise-floor-corrected fits
-    does not; the median also minimises the summed |Mz| of a nulled tissue). The median
+    stays within a few per cent of it; the median also minimises the summed |Mz| of a nulled tissue). The median
     counts the ``censored_high`` voxels of the eroded mask as larger than every value.
     None if nothing is left.
     """

@@ -100,9 +100,10 @@ def methods_markdown(settings: Mapping[str, Any], runs: Sequence[Mapping[str, An
             + (f", {fa} degrees" if fa else "") + ") was resampled into the QALAS grid using both "
             "image affines (world coordinates, linear interpolation), clipped to [0.65, 1.35] and "
             "used as the known relative transmit field of each voxel.")
-    parts.append("Before fitting, the Rician noise floor was removed from the magnitudes "
-                 "(sqrt(M^2 - 2 sigma^2), sigma from the image background); T1 was allowed up to 10 s "
-                 "and T2 up to 5 s. Per-voxel Cramér-Rao lower bounds (noise estimated from the "
+    floor = ("Before fitting, the Rician noise floor was removed from the magnitudes (sqrt(M^2 - 2 "
+             "sigma^2), sigma from the image background). " if settings.get("noise_floor_correction", True)
+             else "The magnitudes were fitted without noise-floor correction. ")
+    parts.append(floor + "T1 was allowed up to 10 s and T2 up to 5 s. Per-voxel Cramér-Rao lower bounds (noise estimated from the "
                  "background) and the relative residual of the fit are provided as uncertainty maps. "
                  "The brain was separated from scalp, skull and eyes using the fitted PD and T1 maps; "
                  "tissue values ignored voxels at a parameter bound, with a high residual or a high "

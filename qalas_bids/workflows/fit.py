@@ -72,7 +72,8 @@ def init_qalas_wf(*, run, settings, name: str | None = None):
     mask = pe.Node(HeadMask(), name="head_mask", mem_gb=1.0)
     fit = pe.Node(FitQalas(method=settings.fit_mode, device=settings.resolved_device or settings.device,
                            seed=settings.seed, num_threads=settings.omp_nthreads,
-                           progress=not settings.quiet, progress_label=run.label),
+                           progress=not settings.quiet, progress_label=run.label,
+                           noise_floor_correction=settings.noise_floor_correction),
                   name="fit", **fit_resources(run, settings))
     if settings.ssl_options:
         fit.inputs.ssl_options = settings.ssl_options
