@@ -56,13 +56,16 @@ def data_dictionary(columns: list[str], tissue_source: str) -> dict[str, dict[st
     def describe(col: str) -> dict[str, str] | None:
         parts = col.split("_")
         if col.startswith("n_voxels_"):
-            return {"Description": f"number of {parts[-1]} voxels. {tissue_source}"}
+            return {"Description": f"number of {parts[-1]} voxels used (brain mask; voxels at a parameter "
+                                   f"bound, with a residual > 0.1 or a relative T1 CRLB > 1 excluded). "
+                                   f"{tissue_source}"}
         if col.startswith("crlb_rel_"):
             return {"Description": f"median CRLB standard deviation of {parts[2]} relative to {parts[2]} "
                     "in WM and GM", "Units": "1"}
         if parts[0] in MAP_SUFFIXES:
             stat = "median" if parts[-1] == "median" else "interquartile range"
-            return {"Description": f"{stat} of {parts[0]} in {parts[1]}", "Units": MAP_UNITS[parts[0]]}
+            return {"Description": f"{stat} of {parts[0]} in {parts[1]} (reliable voxels only, see "
+                                   f"n_voxels_{parts[1]})", "Units": MAP_UNITS[parts[0]]}
         return None
 
     return column_dictionary(columns, fixed, describe)
