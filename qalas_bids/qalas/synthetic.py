@@ -326,6 +326,10 @@ def synthesize_all(
             "with weight tau^2 / (tau^2 + CRLB^2) (qalas_bids.qalas.fluid_shrinkage); the maps are not "
             "changed"), "Groups": groups}
 
+    # The images are computed on the voxels inside the mask only (vectors), then scattered.
+    inside = mask & (t1 > 0)
+    t1_v, t2_v, pd_v = t1[inside], t2[inside], pd[inside]
+    ie_v = ie_vox[inside] if isinstance(ie_vox, np.ndarray) else ie_vox
     results = {}
     for name, spec in specs.items():
         tr, te, equation = float(spec["RepetitionTime"]), float(spec["EchoTime"]), spec["Equation"]
@@ -340,7 +344,7 @@ def synthesize_all(
             "FluidShrinkage": shrink_note,
         }
         if equation == "spin-echo":
-            image = spin_echo(t1, t2, pd, tr, te)
+            values = spin_echo(t1_v, t2_v, pd_v, tr, te)
         else:
             tis = spec["InversionTime"]
             if tis == "auto":
@@ -351,10 +355,11 @@ def synthesize_all(
                 meta["NullMode"] = null_mode
                 meta["NullTissues"] = {t: dict(tissues[t]) for t in nulled}
             meta["InversionTime"] = tis if len(tis) > 1 else tis[0]
-            mz = inversion_recovery_mz(t1, tr, tis, ie_vox)
-            image = pd * mz * _decay(te, t2)
+            mz = inversion_recovery_mz(t1_v, tr, tis, ie_v)
+            values = pd_v * mz * _decay(te, t2_v)
             if equation != "phase-sensitive-inversion-recovery":
-                image = np.abs(image)
-        image = np.where(mask & (t1 > 0), image * scale, 0.0)
-        results[name] = (np.nan_to_num(image).astype(np.float32), meta)
+                values = np.abs(values)
+        image = np.zeros(t1.shape, dtype=np.float32)
+        image[inside] = np.nan_to_num(values * scale)
+        results[name] = (image, meta)
     return results
