@@ -41,6 +41,8 @@ ORBITAL_FAT_MM = 4.0
 SINUSES_MM = (((0.0, 75.0, 6.0), (12.0, 3.5, 9.0)),
               ((-24.0, 42.0, -68.0), (10.0, 12.0, 13.0)), ((24.0, 42.0, -68.0), (10.0, 12.0, 13.0)))
 CSF_RIM_MM, HEAD_MARGIN_MM, SKIN_MM, SCALP_MM = 2.5, 15.0, 3.0, 6.0
+#: Tissue in front of the orbital fat (eyelid) and around the maxillary sinuses (mm).
+EYELID_MM, MAXILLARY_COVER_MM = 4.0, 10.0
 #: World margin (mm) the 1 mm grid needs around the brain to hold the head.
 GRID_MARGIN_MM = 26.0
 
@@ -63,7 +65,8 @@ def head_fractions(brain_total: np.ndarray, world: np.ndarray) -> dict[str, np.n
     d_eyes = np.min([_ellipsoid_distance(world, c, (EYE_RADIUS_MM,) * 3) for c in EYE_CENTRES_MM], axis=0)
     d_sinus = np.min([_ellipsoid_distance(world, c, a) for c, a in SINUSES_MM], axis=0)
     d_maxillary = np.min([_ellipsoid_distance(world, c, a) for c, a in SINUSES_MM[1:]], axis=0)
-    head = (d_brain <= HEAD_MARGIN_MM) | (d_eyes <= ORBITAL_FAT_MM + SCALP_MM - 2) | (d_maxillary <= 10.0)
+    head = ((d_brain <= HEAD_MARGIN_MM) | (d_eyes <= ORBITAL_FAT_MM + EYELID_MM)
+            | (d_maxillary <= MAXILLARY_COVER_MM))
     head = ndimage.gaussian_filter(head.astype(np.float32), 3.0) >= 0.5
     head = ndimage.binary_fill_holes(head | brain)
     d_out = ndimage.distance_transform_edt(head)
