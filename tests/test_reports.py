@@ -47,7 +47,7 @@ def test_report_contents(report):
     text = report.read_text()
     for expected in ("Quantitative maps", "B1+ map (registration check)", "Residual and uncertainty",
                      "Tissue values", "Synthetic contrasts", "Fit log", "Sequence timing", "Methods",
-                     "Timing: esp taken from the preset", "SSL-QALAS"):
+                     "Timing: esp taken from the preset", "SSL-QALAS", "Masks", "Fit flags"):
         assert expected in text, expected
     # per-tissue median table: WM T1 close to the digital brain's 0.85 s
     wm_row = re.search(r"<th class='l'>WM</th><td>\d+</td><td>([\d.]+) \[", text)
