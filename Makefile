@@ -50,6 +50,7 @@ container-test:
 bench: install
 	$(BIN)/python benchmarks/bench_dictionary.py
 	$(BIN)/python benchmarks/bench_fit.py
+	$(BIN)/python benchmarks/bench_throughput.py --subjects 2 --nprocs 2
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+import qalas_bids.bids.derivatives as derivatives_module
 from qalas_bids.bids import (OutputLocationError, bids_uri, derivative_path, detect_container,
                              write_bidsignore, write_dataset_description, write_derivative)
 
@@ -146,7 +147,7 @@ def test_atomic_write_keeps_old_file_on_crash(tmp_path, reference, monkeypatch):
         Path(filename).write_bytes(b"half")
         raise KeyboardInterrupt("killed while writing")
 
-    monkeypatch.setattr(nib, "save", crash)
+    monkeypatch.setattr(derivatives_module, "write_image", crash)
     with pytest.raises(KeyboardInterrupt):
         write_derivative(out, rel, np.full((8, 7, 6), 2.0), reference, {"Units": "s"})
     monkeypatch.undo()

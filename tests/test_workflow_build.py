@@ -8,6 +8,7 @@ import pytest
 pytest.importorskip("nipype")
 
 from qalas_bids.bids import B1Source, QalasRun  # noqa: E402
+from qalas_bids.bids.inputs_check import PreparedInputs  # noqa: E402
 from qalas_bids.config import Settings  # noqa: E402
 from qalas_bids.workflows.base import init_qalas_bids_wf  # noqa: E402
 from qalas_bids.workflows.fit import fit_resources  # noqa: E402
@@ -29,9 +30,12 @@ def _run(bids: Path, subject: str, session: str, run: str, with_b1: bool = True)
         nib.save(nib.Nifti1Image(np.ones((2, 2, 2), np.float32), np.eye(4)), famp)
         b1 = B1Source(kind="tfl", files={"famp": str(famp)}, metadata={"FlipAngle": 80}, reason="test")
     entities = {"subject": subject, "session": session, "run": run}
+    # What the input checks hand the workflow (files in the work directory).
+    prepared = PreparedInputs(qalas_file=files[0], mask_file=files[1], b1_file=files[2] if with_b1 else None,
+                              b1_info={"FieldOfViewCoverage": 1.0} if with_b1 else {})
     return QalasRun(subject=subject, session=session, run=run, acquisition=None,
                     qalas_files=tuple(files), metadata={"Manufacturer": "Siemens"}, b1=b1,
-                    entities=entities)
+                    entities=entities, prepared=prepared)
 
 
 def _settings(tmp_path, **kw):
@@ -48,7 +52,8 @@ def test_one_fit_per_run_and_subject_workflows(tmp_path):
     fits = [n for n in names if n.endswith(".fit")]
     assert len(fits) == 8
     assert sum("sub_01_wf." in n for n in fits) == 4
-    assert any("qalas_ses_A_run_2_wf.b1_wf.b1_to_qalas" in n for n in names)
+    assert any("qalas_ses_A_run_2_wf.datasink_wf.ds_b1" in n for n in names)
+    assert not any(n.endswith((".load_qalas", ".head_mask", ".b1_to_qalas")) for n in names)  # read once, before
     crash_dirs = {n.config["execution"]["crashdump_dir"] for n in wf._get_all_nodes()}
     assert crash_dirs == {str(settings.output_dir / f"sub-{s}" / "log" / settings.run_uuid)
                           for s in ("01", "02")}
@@ -58,14 +63,14 @@ def test_one_fit_per_run_and_subject_workflows(tmp_path):
 def test_no_b1_and_options_reach_nodes(tmp_path):
     settings = _settings(tmp_path, no_b1=True, fit_mode="dictionary", seed=7, epochs=3,
                          synth_contrasts=("T1w", "FLAIR"), vendor_preset="ge")
-    wf = init_qalas_bids_wf(settings=settings, runs=[_run(settings.bids_dir, "01", "A", "1")])
+    wf = init_qalas_bids_wf(settings=settings, runs=[_run(settings.bids_dir, "01", "A", "1", with_b1=False)])
     nodes = {n.name: n for n in wf._get_all_nodes()}
-    assert "b1_to_qalas" not in nodes and "ds_b1" not in nodes
+    assert "ds_b1" not in nodes
     fit = nodes["fit"]
     assert fit.inputs.method == "dictionary" and fit.inputs.seed == 7
     assert fit.inputs.ssl_options == {"epochs": 3}
     assert nodes["synthetic"].inputs.contrasts == ["T1w", "FLAIR"]
-    assert nodes["load_qalas"].inputs.vendor_preset == "ge"
+    assert set(fit.inputs.timing_sources.values()) & {"preset:ge"}  # --vendor-preset ge
     rel = nodes["ds_maps"].inputs.rel_paths
     assert rel[0] == "sub-01/ses-A/anat/sub-01_ses-A_run-1_T1map.nii.gz"
     assert "sub-01/ses-A/anat/sub-01_ses-A_run-1_desc-crlb_T2map.nii.gz" in rel

@@ -25,11 +25,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import nibabel as nib
 import numpy as np
 from bids.layout.writing import build_path
 
 from .. import __version__
+from ..utils.images import image_like
+from ..utils.nifti_io import write_image
 from .discovery import OUTPUT_ENTITIES, load_io_spec
 
 BIDS_VERSION = "1.10.0"
@@ -158,23 +159,6 @@ def write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
     return atomic_write_text(path, text + "\n")
 
 
-def _image_like(data: np.ndarray, reference_img: Any, dtype: Any) -> nib.Nifti1Image:
-    """NIfTI-1 image of ``data`` with the reference's affine, voxel size and qform/sform codes."""
-    header = nib.Nifti1Header.from_header(reference_img.header)
-    header.set_data_shape(data.shape)  # also trims the zooms of a 4D reference
-    header.set_data_dtype(dtype)
-    header.set_slope_inter(None, None)
-    header.set_intent("none")
-    header["cal_min"] = header["cal_max"] = 0
-    header["descrip"] = f"qalas-bids {__version__}".encode()[:80]
-    img = nib.Nifti1Image(data.astype(dtype, copy=False), reference_img.affine, header=header)
-    qform, qcode = reference_img.get_qform(coded=True)
-    sform, scode = reference_img.get_sform(coded=True)
-    img.set_qform(qform if qcode else reference_img.affine, code=int(qcode or 0))
-    img.set_sform(sform if scode else reference_img.affine, code=int(scode or 0))
-    return img
-
-
 def write_derivative(
     out_dir: str | Path,
     rel_path: str | Path,
@@ -214,7 +198,7 @@ def write_derivative(
         raise ValueError(
             f"refusing to write {rel_path}: {int((~np.isfinite(array)).sum())} NaN/Inf voxel(s) "
             "(a bug upstream - maps must be 0 outside the mask)")
-    img = _image_like(array, reference_img, dtype)
+    img = image_like(array, reference_img, dtype)
     if metadata is not None:
         metadata = _with_spatial_reference(name, metadata, rel_path)
     target = out_dir / rel
@@ -223,7 +207,7 @@ def write_derivative(
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{name[:-len(ext)]}.", suffix=f".tmp{ext}")
     os.close(fd)
     try:
-        nib.save(img, tmp)
+        write_image(img, tmp)
         os.chmod(tmp, 0o644)
         if metadata is not None:
             write_json(target.parent / (name[: -len(ext)] + ".json"), metadata)

@@ -53,6 +53,8 @@ class QalasRun:
         that are set; ``inv`` dropped)
     timing : sequence timing resolved at discovery (None when ``check_timing=False``)
     warnings : warnings of the checks before the workflow, recorded in every sidecar
+    prepared : the checked inputs written for the workflow
+        (:class:`~qalas_bids.bids.inputs_check.PreparedInputs`; None before the checks)
     """
 
     subject: str
@@ -65,6 +67,7 @@ class QalasRun:
     entities: dict[str, str] = field(default_factory=dict)
     timing: TimingProvenance | None = None
     warnings: tuple[str, ...] = ()
+    prepared: Any = None
 
     @property
     def label(self) -> str:

@@ -1,12 +1,15 @@
-"""Load and check the QALAS volumes of one run.
+"""Load and check the QALAS volumes (and B1 map) of one run.
 
 :func:`check_qalas_headers` reads only headers (cheap; run at discovery so that bad inputs
 fail before any processing); :func:`load_qalas_run` reads the data, stacks the five
 contrasts in readout order and returns them with the reference image whose affine and
-header every derivative copies.
+header every derivative copies. :func:`check_run_inputs` does every check of the data
+(readout order, head mask, B1 coverage) and :func:`write_run_inputs` hands the result to
+the workflow as files, so the inputs are read once per invocation.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -15,6 +18,7 @@ import numpy as np
 
 from ..qalas.b1map import DEFAULT_MIN_COVERAGE
 from ..qalas.errors import QalasInputError
+from ..utils.nifti_io import map_threads, read_array
 
 N_CONTRASTS = 5
 #: Largest affine difference (mm) still counted as "the same grid".
@@ -101,20 +105,20 @@ def load_qalas_run(run: Any) -> tuple[np.ndarray, Any]:
     """
     files = [Path(f) for f in run.qalas_files]
     images = check_qalas_headers(files)
-    volumes = []
-    for path, img in zip(files, images):
+    def read(path: Path) -> np.ndarray:
         try:
-            data = np.asanyarray(img.dataobj, dtype=np.float32)
+            return read_array(path, dtype=np.float32)
         except Exception as exc:  # truncated gzip, wrong vox_offset, ...
             raise QalasInputError(
                 f"{path} could not be read ({type(exc).__name__}: {exc}); the file is damaged "
                 "or incomplete - re-copy or re-convert it"
             ) from exc
-        if len(files) > 1:
-            data = data.reshape(data.shape[:3])
-            volumes.append(data)
-        else:
-            volumes = [data[..., i] for i in range(data.shape[3])]
+
+    arrays = map_threads(read, files)  # gzip inflation runs in parallel threads
+    if len(files) > 1:
+        volumes = [data.reshape(data.shape[:3]) for data in arrays]
+    else:
+        volumes = [arrays[0][..., i] for i in range(arrays[0].shape[3])]
     data4d = np.ascontiguousarray(np.stack(volumes, axis=-1), dtype=np.float32)
     labels = [f.name for f in files] if len(files) > 1 else [
         f"{files[0].name} volume {i}" for i in range(N_CONTRASTS)]
@@ -179,9 +183,8 @@ def check_volume_order(run: Any, data4d: np.ndarray) -> list[str]:
     return []
 
 
-def b1_node_inputs(b1_source, flip_angle_override: float | None,
-                   min_coverage: float = DEFAULT_MIN_COVERAGE) -> dict:
-    """Static inputs of :class:`B1ToQalas` for a :class:`~qalas_bids.bids.B1Source`.
+def b1_source_inputs(b1_source, flip_angle_override: float | None) -> dict:
+    """How to read a :class:`~qalas_bids.bids.B1Source`: file, relative or famp, scale, flip angle.
 
     TurboFLASH: the famp image and its nominal flip angle (override > famp sidecar
     ``FlipAngle``). Ready ``TB1map``: relative map (``Units`` percent -> scale 0.01).
@@ -189,35 +192,104 @@ def b1_node_inputs(b1_source, flip_angle_override: float | None,
     meta = dict(b1_source.metadata or {})
     if b1_source.kind == "tfl":
         angle = flip_angle_override if flip_angle_override is not None else meta.get("FlipAngle")
-        return {"in_file": b1_source.files["famp"], "relative": False, "flip_angle": float(angle),
-                "min_coverage": min_coverage}
+        return {"in_file": b1_source.files["famp"], "relative": False, "flip_angle": float(angle), "scale": 1.0}
     units = str(meta.get("Units", "")).lower()
     scale = 0.01 if units in ("percent", "%") else 1.0
-    return {"in_file": b1_source.files["map"], "relative": True, "scale": scale, "min_coverage": min_coverage}
+    return {"in_file": b1_source.files["map"], "relative": True, "flip_angle": None, "scale": scale}
 
 
-def check_b1_map(run: Any, data4d: np.ndarray, reference: Any, flip_angle_override: float | None,
-                 min_coverage: float = DEFAULT_MIN_COVERAGE) -> dict:
-    """Read the run's B1 map and refuse it now when it would give wrong maps later.
+def b1_on_qalas_grid(run: Any, reference: Any, head_mask: np.ndarray, flip_angle_override: float | None,
+                     min_coverage: float = DEFAULT_MIN_COVERAGE) -> tuple[np.ndarray, dict]:
+    """The run's relative B1 on the QALAS grid (float32, 0 outside the head) and its summary.
 
-    Does what the workflow's B1 node will do (relative B1, QALAS grid, head mask from the
-    QALAS data) and applies :func:`qalas_bids.qalas.b1map.check_b1_plausibility`. Raises
-    :class:`QalasInputError` naming the run and the file; returns the B1 summary.
+    Relative B1, resampled with both affines, clipped and checked by
+    :func:`qalas_bids.qalas.b1map.b1_in_qalas_space`. Raises :class:`QalasInputError`
+    naming the run and the file when the map would give wrong maps.
     """
     from ..qalas.b1map import b1_in_qalas_space, load_b1_image
-    from ..qalas.masking import compute_head_mask
 
-    inputs = b1_node_inputs(run.b1, flip_angle_override, min_coverage)
-    path = Path(inputs["in_file"])
+    spec = b1_source_inputs(run.b1, flip_angle_override)
+    path = Path(spec["in_file"])
     load_nifti_header(path)  # broken links and unreadable headers: its own messages
     try:
-        source = load_b1_image(path, inputs.get("scale", 1.0))
+        source = load_b1_image(path, spec["scale"])
     except QalasInputError as exc:
         raise QalasInputError(f"{run.label}: {exc}") from None
     try:
-        _, info = b1_in_qalas_space(source, inputs.get("flip_angle"), reference,
-                                    head_mask=compute_head_mask(data4d), relative=inputs["relative"],
-                                    min_coverage=min_coverage)
+        img, info = b1_in_qalas_space(source, spec["flip_angle"], reference, head_mask=head_mask,
+                                      relative=spec["relative"], min_coverage=min_coverage)
     except QalasInputError as exc:
         raise QalasInputError(f"{run.label}: B1 map {path.name}: {exc}") from None
-    return info
+    return np.asarray(img.dataobj, dtype=np.float32), info
+
+
+@dataclass
+class RunInputs:
+    """One run's checked inputs on the QALAS grid (what the fit needs).
+
+    data : ``(X, Y, Z, 5)`` float32 magnitudes in readout order
+    reference : the first QALAS image (affine and header copied by every output)
+    mask : head mask (bool; CSF included), :func:`qalas_bids.qalas.masking.compute_head_mask`
+    b1 : relative B1 (float32, 0 outside the head), None without a B1 map or with ``--no-b1``
+    b1_info : coverage/clipping summary of the B1 map (empty without one)
+    warnings : warnings of the checks (recorded in the sidecars)
+    """
+
+    data: np.ndarray
+    reference: Any
+    mask: np.ndarray
+    b1: np.ndarray | None = None
+    b1_info: dict = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+
+def check_run_inputs(run: Any, *, use_b1: bool = True, flip_angle_override: float | None = None,
+                     min_coverage: float = DEFAULT_MIN_COVERAGE) -> RunInputs:
+    """Read one run once and check everything its data can get wrong, before any work.
+
+    Unreadable files, NaN/Inf, negative or empty contrasts, volumes out of readout order
+    (exit 2 with the fix), an empty head, and a B1 map that is implausible or covers too
+    little of the head all raise :class:`QalasInputError`. The arrays it returns are the
+    fit's inputs (:func:`write_run_inputs`), so nothing is read or computed twice.
+    """
+    from ..qalas.masking import compute_head_mask
+
+    data4d, reference = load_qalas_run(run)  # NaN/Inf, negative, empty contrasts
+    warnings = tuple(check_volume_order(run, data4d))  # out of readout order: error
+    try:
+        mask = compute_head_mask(data4d)
+    except QalasInputError as exc:
+        raise QalasInputError(f"{run.label}: {exc}") from None
+    b1, b1_info = None, {}
+    if use_b1 and run.b1 is not None:
+        b1, b1_info = b1_on_qalas_grid(run, reference, mask, flip_angle_override, min_coverage)
+    return RunInputs(data4d, reference, mask, b1, b1_info, warnings)
+
+
+@dataclass(frozen=True)
+class PreparedInputs:
+    """Files of :func:`write_run_inputs` (absolute paths) and the B1 summary."""
+
+    qalas_file: str
+    mask_file: str
+    b1_file: str | None = None
+    b1_info: dict = field(default_factory=dict)
+
+
+def write_run_inputs(inputs: RunInputs, folder: str | Path) -> PreparedInputs:
+    """Write the checked inputs as ``qalas_4d``, ``head_mask`` and ``b1_qalas`` ``.nii.gz``.
+
+    The bytes depend only on the data (gzip without a time stamp), so a rerun on the same
+    inputs leaves the workflow's cached results valid.
+    """
+    from ..utils.images import image_like
+    from ..utils.nifti_io import write_images
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    pairs = [(image_like(inputs.data, inputs.reference), folder / "qalas_4d.nii.gz"),
+             (image_like(inputs.mask.astype(np.uint8), inputs.reference, np.uint8), folder / "head_mask.nii.gz")]
+    if inputs.b1 is not None:
+        pairs.append((image_like(inputs.b1, inputs.reference), folder / "b1_qalas.nii.gz"))
+    paths = write_images(pairs)
+    return PreparedInputs(paths[0], paths[1], paths[2] if inputs.b1 is not None else None, dict(inputs.b1_info))

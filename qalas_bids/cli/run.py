@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import logging
 import sys
 from pathlib import Path
@@ -101,9 +102,9 @@ def check_flip_angle_known(settings: Settings, run) -> None:
 
 
 def discover_runs(settings: Settings) -> list:
-    """Find and pre-check every QALAS run (all input errors surface here, before any work)."""
-    from ..bids import collect_qalas_runs, load_qalas_run
-    from ..bids.inputs_check import check_b1_map, check_volume_order
+    """Find every QALAS run and check what needs no image data (names, sidecars, timing,
+    B1 pairing, network weights); :func:`prepare_inputs` checks the images."""
+    from ..bids import collect_qalas_runs
     from ..qalas.errors import QalasInputError
 
     runs = collect_qalas_runs(
@@ -118,17 +119,9 @@ def discover_runs(settings: Settings) -> list:
     if not runs:
         raise UsageError("no QALAS runs selected: check --participant-label/--session-label and "
                          "--bids-filter-file")
-    for index, run in enumerate(runs):
-        data4d, reference = load_qalas_run(run)  # NaN/Inf, negative, empty contrasts
-        order_warnings = check_volume_order(run, data4d)  # volumes out of readout order: exit 2
-        for warning in order_warnings:
-            LOGGER.warning("%s: %s", run.label, warning)
-        if order_warnings:
-            runs[index] = run = dataclasses.replace(run, warnings=run.warnings + tuple(order_warnings))
+    for run in runs:
         if run.b1 is not None and not settings.no_b1:
             check_flip_angle_known(settings, run)
-            check_b1_map(run, data4d, reference, settings.b1_flip_angle, settings.b1_min_coverage)
-        del data4d
         if settings.no_b1:
             if run.b1 is not None:
                 LOGGER.warning("%s: a B1 map exists (%s) but --no-b1 was given: fitting with B1 = 1",
@@ -165,6 +158,28 @@ def discover_runs(settings: Settings) -> list:
     return runs
 
 
+def prepare_inputs(settings: Settings, runs: list) -> list:
+    """Read each run's images once and check them (exit 2 on bad data, before any work).
+
+    The checked arrays (4D QALAS, head mask, B1 on the QALAS grid) are written to
+    ``<work dir>/<workflow>/inputs/<run>/`` and are the workflow's inputs, so nothing is
+    read twice. Returns the runs with ``prepared`` set and the checks' warnings added.
+    """
+    from ..bids.inputs_check import check_run_inputs, write_run_inputs
+    from ..workflows.base import workflow_base_name
+
+    folder = settings.work_dir / workflow_base_name(settings.version) / "inputs"
+    prepared = []
+    for run in runs:
+        checked = check_run_inputs(run, use_b1=not settings.no_b1, flip_angle_override=settings.b1_flip_angle,
+                                   min_coverage=settings.b1_min_coverage)
+        for warning in checked.warnings:
+            LOGGER.warning("%s: %s", run.label, warning)
+        files = write_run_inputs(checked, folder / run.label)
+        prepared.append(dataclasses.replace(run, warnings=run.warnings + checked.warnings, prepared=files))
+    return prepared
+
+
 def _subjects(settings: Settings, runs: list | None) -> list[str]:
     if runs:
         return sorted({r.subject for r in runs})
@@ -173,8 +188,9 @@ def _subjects(settings: Settings, runs: list | None) -> list[str]:
     return sorted(p.name[4:] for p in settings.output_dir.glob("sub-*") if p.is_dir())
 
 
-def write_reports(settings: Settings, subjects: list[str]) -> bool:
-    """HTML report per participant (reads derivatives from disk). Returns success."""
+def write_reports(settings: Settings, subjects: list[str], loaded_runs: dict | None = None) -> bool:
+    """HTML report per participant (reads derivatives from disk, except the runs in
+    ``loaded_runs``, label -> LoadedRun, already read by the QC gate). Returns success."""
     ok = True
     try:
         from ..reports.participant import make_participant_report
@@ -184,7 +200,8 @@ def write_reports(settings: Settings, subjects: list[str]) -> bool:
     for subject in subjects:
         try:
             path = make_participant_report(settings.output_dir, subject, bids_dir=settings.bids_dir,
-                                           run_uuid=None if settings.reports_only else settings.run_uuid)
+                                           run_uuid=None if settings.reports_only else settings.run_uuid,
+                                           loaded_runs=loaded_runs)
             LOGGER.info("Report written: %s", path)
         except Exception as exc:  # a report problem must not hide the processing result
             LOGGER.error("report for sub-%s failed: %s: %s", subject, type(exc).__name__, exc)
@@ -274,6 +291,10 @@ def run_workflow(workflow, settings: Settings):
 
     started = _time.time()
     quiet_interrupts()
+    # nipype's MultiProc loop calls gc.collect() before each submission round; with torch,
+    # nilearn and pybids loaded that full collection took ~0.2 s (57 rounds, 10 s of a 1 mm
+    # run). Objects alive now live as long as the process: freeze them out of collections.
+    gc.freeze()
     execgraph = workflow.run(plugin=settings.plugin, plugin_args=dict(settings.plugin_args))
     if settings.plugin == "SLURMGraph":
         from ..utils.slurm_wait import submitted_job_names, wait_for_slurm_jobs
@@ -327,11 +348,16 @@ def lock_work_dirs(settings: Settings, runs: list, stack) -> None:
                 "work directory with -w") from None
 
 
-def qc_gate(settings: Settings, runs: list) -> int:
-    """Mark runs with implausible maps failed-QC (sidecars, report); their exit status."""
+def qc_gate(settings: Settings, runs: list, *, subject: str | None = None,
+            loaded_runs: dict | None = None) -> int:
+    """Mark runs with implausible maps failed-QC (sidecars, report); their exit status.
+
+    ``subject`` and ``loaded_runs`` are passed to :func:`~qalas_bids.reports.qc_gate.apply_qc_gate`.
+    """
     from ..reports.qc_gate import EXIT_QC_FAILED, apply_qc_gate
 
-    failed = apply_qc_gate(settings.output_dir, [run.label for run in runs])
+    failed = apply_qc_gate(settings.output_dir, [run.label for run in runs], subject=subject,
+                           loaded_runs=loaded_runs)
     for label, reasons in failed.items():
         LOGGER.error("%s failed QC: %s (marked in its sidecars and report)", label, "; ".join(reasons))
     if not failed:
@@ -342,6 +368,25 @@ def qc_gate(settings: Settings, runs: list) -> int:
     print(f"qalas-bids: {len(failed)} run(s) failed QC (exit status {EXIT_QC_FAILED}): "
           + ", ".join(failed) + "; pass --accept-qc-failures to exit 0 anyway", file=sys.stderr)
     return EXIT_QC_FAILED
+
+
+def qc_and_reports(settings: Settings, runs: list, status: int) -> int:
+    """Per participant: the QC gate (only after a successful workflow), then the report,
+    which reuses the maps the gate read. Returns the updated exit status."""
+    workflow_ok = status == EXIT_OK
+    for subject in _subjects(settings, runs):
+        loaded: dict = {}
+        if workflow_ok:
+            try:
+                verdict = qc_gate(settings, [r for r in runs if r.subject == subject], subject=subject,
+                                  loaded_runs=loaded)
+                status = status or verdict
+            except Exception as exc:  # a QC problem must not hide finished maps
+                LOGGER.error("post-fit QC of sub-%s could not run: %s: %s", subject, type(exc).__name__, exc)
+                status = EXIT_FAILURE
+        if not write_reports(settings, [subject], loaded_runs=loaded):
+            status = status or EXIT_FAILURE
+    return status
 
 
 def run_participant(settings: Settings) -> int:
@@ -355,30 +400,32 @@ def run_participant(settings: Settings) -> int:
         settings = check_device(settings)
     if settings.reports_only:
         return EXIT_OK if write_reports(settings, _subjects(settings, None)) else EXIT_FAILURE
-    with clock.stage("preflight (validation, discovery, input checks)"):
+    with clock.stage("preflight (validation, discovery)"):
         if not settings.skip_bids_validation:
             validate_bids(settings.bids_dir)
         runs = discover_runs(settings)
 
-    configure_nipype(settings)
-    from ..workflows.base import init_qalas_bids_wf
-
-    with clock.stage("workflow build"):
-        workflow = init_qalas_bids_wf(settings=settings, runs=runs)
-    settings.output_dir.mkdir(parents=True, exist_ok=True)
-    for stale in remove_stale_temporaries(settings.output_dir, _subjects(settings, runs)):
-        LOGGER.info("removed a temporary file left by an interrupted run: %s", stale)
-    write_dataset_description(settings.output_dir, settings.bids_dir)
-    write_bidsignore(settings.output_dir)
-    LOGGER.info("Settings written to %s", settings.write_json())
-    if settings.boilerplate_only:
-        write_boilerplate(settings, runs)
-        return EXIT_OK
-
     status = EXIT_OK
     execgraph = None
     with contextlib.ExitStack() as work_locks:  # released on every way out, Ctrl-C included
-        lock_work_dirs(settings, runs, work_locks)
+        if not settings.boilerplate_only:
+            lock_work_dirs(settings, runs, work_locks)
+            with clock.stage("input checks (read once: order, head mask, B1)"):
+                runs = prepare_inputs(settings, runs)
+        configure_nipype(settings)
+        settings.output_dir.mkdir(parents=True, exist_ok=True)
+        for stale in remove_stale_temporaries(settings.output_dir, _subjects(settings, runs)):
+            LOGGER.info("removed a temporary file left by an interrupted run: %s", stale)
+        write_dataset_description(settings.output_dir, settings.bids_dir)
+        write_bidsignore(settings.output_dir)
+        LOGGER.info("Settings written to %s", settings.write_json())
+        if settings.boilerplate_only:
+            write_boilerplate(settings, runs)
+            return EXIT_OK
+        from ..workflows.base import init_qalas_bids_wf
+
+        with clock.stage("workflow build"):
+            workflow = init_qalas_bids_wf(settings=settings, runs=runs)
         try:
             LOGGER.info("Running %s with the %s plugin %s (work dir %s)", workflow.name,
                         settings.plugin, settings.plugin_args, settings.work_dir)
@@ -396,20 +443,13 @@ def run_participant(settings: Settings) -> int:
         finally:
             write_dataset_description(settings.output_dir, settings.bids_dir)
             write_bidsignore(settings.output_dir)
-        if status == EXIT_OK:
-            try:
-                status = qc_gate(settings, runs)
-            except Exception as exc:  # a QC problem must not hide finished maps
-                LOGGER.error("post-fit QC could not run: %s: %s", type(exc).__name__, exc)
-                status = EXIT_FAILURE
         with clock.stage("boilerplate and reports"):
             try:
                 write_boilerplate(settings, runs)
             except Exception as exc:
                 LOGGER.error("boilerplate failed: %s: %s", type(exc).__name__, exc)
                 status = status or EXIT_FAILURE
-            if not write_reports(settings, _subjects(settings, runs)):
-                status = status or EXIT_FAILURE
+            status = qc_and_reports(settings, runs, status)
         try:
             report_timing(settings, clock, execgraph)
         except Exception as exc:  # informative only: never changes the exit status

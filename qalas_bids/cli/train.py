@@ -62,31 +62,19 @@ def load_cohort_scan(run, *, no_b1: bool = False, flip_angle: float | None = Non
     """Masked voxels of one :class:`~qalas_bids.bids.discovery.QalasRun` as a
     :class:`~qalas_bids.qalas.cohort.CohortScan` (same mask and B1 preparation as the
     participant level)."""
-    import nibabel as nib
     import numpy as np
 
-    from ..bids import load_qalas_run
-    from ..qalas.b1map import b1_in_qalas_space
+    from ..bids.inputs_check import check_run_inputs
     from ..qalas.cohort import CohortScan
     from ..qalas.errors import QalasInputError
-    from ..qalas.masking import compute_head_mask
-    from ..utils.images import first_volume
     from ..utils.metadata import raw_sources
-    from ..workflows.b1 import b1_node_inputs
 
-    data, reference = load_qalas_run(run)
-    mask = compute_head_mask(data)
-    b1 = None
-    if run.b1 is not None and not no_b1:
-        if run.b1.kind == "tfl" and flip_angle is None and not run.b1.metadata.get("FlipAngle"):
-            raise QalasInputError(f"{run.label}: the B1 famp sidecar has no FlipAngle: pass --b1-flip-angle")
-        spec = b1_node_inputs(run.b1, flip_angle)
-        source = nib.load(spec["in_file"])
-        if spec.get("scale", 1.0) != 1.0:
-            source = nib.Nifti1Image(np.asarray(source.dataobj, dtype=np.float32) * spec["scale"], source.affine)
-        img, _ = b1_in_qalas_space(source, spec.get("flip_angle"), first_volume(reference),
-                                   head_mask=mask, relative=spec["relative"])
-        b1 = np.asarray(img.dataobj, dtype=np.float64)[mask]
+    if run.b1 is not None and not no_b1 and run.b1.kind == "tfl" and flip_angle is None \
+            and not run.b1.metadata.get("FlipAngle"):
+        raise QalasInputError(f"{run.label}: the B1 famp sidecar has no FlipAngle: pass --b1-flip-angle")
+    checked = check_run_inputs(run, use_b1=not no_b1, flip_angle_override=flip_angle)
+    mask, data = checked.mask, checked.data
+    b1 = checked.b1[mask].astype(np.float64) if checked.b1 is not None else None
     return CohortScan(magnitudes=data[mask].astype(np.float64), b1=b1, timing=run.timing.timing,
                       label=run.label, sources=raw_sources(run.qalas_files, bids_dir),
                       metadata=dict(run.metadata))

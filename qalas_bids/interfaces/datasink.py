@@ -1,15 +1,17 @@
 """Write derivatives atomically into the output dataset (BIDS names built upstream).
 
 Each file is written by :func:`qalas_bids.bids.derivatives.write_derivative` (atomic
-rename, float32, affine/header of the source image, JSON sidecar). Earlier outputs are only
+rename, float32, affine/header of the source image, JSON sidecar), several at once in
+threads (gzip compression is most of the time and runs outside the GIL). Earlier outputs are only
 ever replaced by complete new files, never deleted.
 """
 from __future__ import annotations
 
-import nibabel as nib
 import numpy as np
 from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObject,
                                     SimpleInterface, TraitedSpec, isdefined, traits)
+
+from ..utils.nifti_io import map_threads, read_image
 
 
 class _DerivativeSinkInputSpec(BaseInterfaceInputSpec):
@@ -59,15 +61,16 @@ class DerivativeSink(SimpleInterface):
         extra = list(self.inputs.extra_metadata) if isdefined(self.inputs.extra_metadata) else []
         if len(extra) == 1:
             extra = extra * len(files)
-        written = []
-        for i, (in_file, rel_path) in enumerate(zip(files, paths)):
+        bids_dir = self.inputs.bids_dir if isdefined(self.inputs.bids_dir) else None
+
+        def write(i: int) -> str:
             meta = {**common, **(per_file[i] if i < len(per_file) else {})}
             if i < len(extra):
                 meta.update(extra[i])
-            img = nib.load(in_file)
-            data = np.asanyarray(img.dataobj)
-            written.append(str(write_derivative(
-                self.inputs.out_dir, rel_path, data, img, meta, dtype=np.dtype(self.inputs.dtype),
-                bids_dir=self.inputs.bids_dir if isdefined(self.inputs.bids_dir) else None)))
+            img = read_image(files[i])
+            return str(write_derivative(self.inputs.out_dir, paths[i], np.asanyarray(img.dataobj), img,
+                                        meta, dtype=np.dtype(self.inputs.dtype), bids_dir=bids_dir))
+
+        written = map_threads(write, range(len(files)))  # gzip runs in parallel threads
         self._results["out_files"] = written
         return runtime

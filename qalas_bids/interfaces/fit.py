@@ -12,7 +12,8 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, SimpleInterfac
 from ..qalas.fit_volume import MAP_KEYS
 from ..qalas.fit_volume import METHODS as FIT_MODES
 from ..qalas.timing import SequenceTiming
-from ..utils.images import first_volume, save_like
+from ..utils.images import first_volume, image_like
+from ..utils.nifti_io import read_array, read_image, write_images
 from ..utils.metadata import fit_sidecar_metadata
 
 
@@ -79,13 +80,13 @@ class FitQalas(SimpleInterface):
         from ..qalas.progress import ProgressReporter, interval_from_env
 
         torch.set_num_threads(max(1, self.inputs.num_threads))
-        img = nib.load(self.inputs.qalas_file)
+        img = read_image(self.inputs.qalas_file)
         reference = first_volume(img)
         qalas = np.asarray(img.dataobj, dtype=np.float32)
-        mask = np.asarray(nib.load(self.inputs.mask_file).dataobj) > 0
+        mask = read_array(self.inputs.mask_file, dtype=np.uint8) > 0
         b1 = None
         if isdefined(self.inputs.b1_file):
-            b1 = np.asarray(nib.load(self.inputs.b1_file).dataobj, dtype=np.float32)
+            b1 = read_array(self.inputs.b1_file)
         with ProgressReporter(f"{self.inputs.progress_label} {self.inputs.method} fit".strip(),
                               interval=interval_from_env(), enabled=self.inputs.progress):
             result = fit_volume(
@@ -110,12 +111,9 @@ class FitQalas(SimpleInterface):
         result.info["force_model"] = bool(self.inputs.force_model)
         if isdefined(self.inputs.model_warnings):
             result.info["warnings"] = list(self.inputs.model_warnings) + list(result.info.get("warnings", []))
-        out_maps = []
-        for key in MAP_KEYS:
-            path = save_like(result.maps[key], reference, os.path.join(runtime.cwd, f"{key}.nii.gz"))
-            out_maps.append(path)
-            if key in ("t1", "t2", "pd", "ie"):
-                self._results[key] = path
+        out_maps = write_images((image_like(result.maps[key], reference), os.path.join(runtime.cwd, f"{key}.nii.gz"))
+                                for key in MAP_KEYS)
+        self._results.update({key: path for key, path in zip(MAP_KEYS, out_maps) if key in ("t1", "t2", "pd", "ie")})
         info = json.loads(json.dumps(result.info, default=str))
         info_file = os.path.join(runtime.cwd, "fit_info.json")
         with open(info_file, "w") as fobj:

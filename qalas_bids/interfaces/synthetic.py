@@ -8,6 +8,9 @@ import numpy as np
 from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObject,
                                     SimpleInterface, TraitedSpec, isdefined, traits)
 
+from ..utils.images import image_like
+from ..utils.nifti_io import read_array, write_images
+
 
 class _SyntheticContrastsInputSpec(BaseInterfaceInputSpec):
     t1 = File(exists=True, mandatory=True, desc="T1 map (s)")
@@ -45,7 +48,7 @@ class SyntheticContrasts(SimpleInterface):
         ref = nib.load(self.inputs.t1)
 
         def load(path):
-            return np.asarray(nib.load(path).dataobj, dtype=np.float64)
+            return read_array(path, dtype=np.float64)
 
         ie = load(self.inputs.ie) if isdefined(self.inputs.ie) else None
         mask = load(self.inputs.mask) > 0 if isdefined(self.inputs.mask) else None
@@ -63,16 +66,10 @@ class SyntheticContrasts(SimpleInterface):
             params=dict(self.inputs.params) if isdefined(self.inputs.params) else None,
             null_mode=self.inputs.null_mode, ie_aware=self.inputs.ie_aware, brain_mask=brain, **extra,
         )
-        files, metadata, names = [], [], []
-        for name, (image, meta) in images.items():
-            header = ref.header.copy()
-            header.set_data_dtype(np.float32)
-            out = os.path.join(runtime.cwd, f"synthetic_{name}.nii.gz")
-            nib.Nifti1Image(image, ref.affine, header).to_filename(out)
-            if isdefined(self.inputs.sources):
-                meta = {**meta, "Sources": list(self.inputs.sources)}
-            files.append(out)
-            metadata.append(meta)
-            names.append(name)
+        names = list(images)
+        files = write_images((image_like(images[name][0], ref), os.path.join(runtime.cwd, f"synthetic_{name}.nii.gz"))
+                             for name in names)
+        sources = {"Sources": list(self.inputs.sources)} if isdefined(self.inputs.sources) else {}
+        metadata = [{**images[name][1], **sources} for name in names]
         self._results.update(out_files=files, out_metadata=metadata, out_names=names)
         return runtime

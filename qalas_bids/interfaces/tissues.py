@@ -9,6 +9,7 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, SimpleInterfac
                                     traits)
 
 from ..utils.images import save_like
+from ..utils.nifti_io import map_threads, read_array
 
 
 class _BrainTissuesInputSpec(BaseInterfaceInputSpec):
@@ -35,8 +36,9 @@ class BrainTissues(SimpleInterface):
         from ..qalas.tissue_summary import summarise_tissues
 
         ref = nib.load(self.inputs.maps[0])
-        maps = {k: np.asarray(nib.load(p).dataobj, dtype=np.float64) for k, p in zip(MAP_KEYS, self.inputs.maps)}
-        head = np.asarray(nib.load(self.inputs.head_mask).dataobj) > 0
+        arrays = map_threads(lambda path: read_array(path, dtype=np.float64), self.inputs.maps)
+        maps = dict(zip(MAP_KEYS, arrays))
+        head = read_array(self.inputs.head_mask, dtype=np.uint8) > 0
         brain, brain_info = brain_mask_from_maps(maps["t1"], maps["pd"], head, ref.header.get_zooms()[:3])
         summary, warnings = summarise_tissues(maps, brain, head)
         sidecar = dict(self.inputs.fit_sidecar)

@@ -15,6 +15,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from ..utils.nifti_io import read_image
 from .errors import QalasInputError
 
 LOGGER = logging.getLogger("qalas_bids")
@@ -38,8 +39,8 @@ def load_b1_image(path: str | Path, scale: float = 1.0) -> nib.Nifti1Image:
     naming the file and the fix.
     """
     path = Path(path)
-    image = nib.load(str(path))
     try:
+        image = read_image(path)
         data = np.asanyarray(image.dataobj, dtype=np.float32)
     except Exception as exc:  # truncated gzip, wrong vox_offset, ...
         raise QalasInputError(f"the B1 map {path.name} could not be read ({type(exc).__name__}: {exc}); "
@@ -94,11 +95,27 @@ def resample_b1_to_qalas(b1_img: nib.spatialimages.SpatialImage,
     return nib.Nifti1Image(np.asarray(out.dataobj, dtype=np.float32), qalas_img.affine)
 
 
+#: Voxel-coordinate slack of :func:`field_of_view_mask` (rounding of the affine products).
+FOV_TOLERANCE = 1e-6
+
+
 def field_of_view_mask(b1_img: nib.spatialimages.SpatialImage,
                        qalas_img: nib.spatialimages.SpatialImage) -> np.ndarray:
-    """Boolean QALAS-grid mask of the voxels covered by the B1 field of view."""
-    ones = nib.Nifti1Image(np.ones(b1_img.shape[:3], dtype=np.float32), b1_img.affine)
-    return np.asarray(resample_b1_to_qalas(ones, qalas_img).dataobj) > 0.999
+    """Boolean QALAS-grid mask of the voxels covered by the B1 field of view.
+
+    Covered: the voxel centre maps inside the B1 grid, ``0 <= c <= n - 1`` along every B1
+    axis, which is where :func:`resample_b1_to_qalas` interpolates (outside it scipy's
+    ``constant`` mode returns the fill value). Computed from the two affines alone.
+    """
+    shape = qalas_img.shape[:3]
+    to_b1 = np.linalg.inv(b1_img.affine) @ qalas_img.affine  # QALAS voxel -> B1 voxel
+    axes = [np.arange(n, dtype=np.float64) for n in shape]
+    covered = np.ones(shape, dtype=bool)
+    for row, n in zip(to_b1[:3], b1_img.shape[:3]):
+        coord = (row[0] * axes[0][:, None, None] + row[1] * axes[1][None, :, None]
+                 + row[2] * axes[2][None, None, :] + row[3])
+        covered &= (coord >= -FOV_TOLERANCE) & (coord <= n - 1 + FOV_TOLERANCE)
+    return covered
 
 
 def clip_b1(b1: np.ndarray, lo: float = B1_RANGE[0], hi: float = B1_RANGE[1]) -> np.ndarray:

@@ -41,6 +41,7 @@ import numpy as np
 from nibabel.processing import resample_from_to
 from scipy import ndimage
 
+from ..utils.nifti_io import write_image
 from .errors import QalasInputError
 from .phantom import ALL_LABELS, DigitalBrain, make_digital_brain
 
@@ -77,7 +78,7 @@ def _save_nifti(path: Path, data: np.ndarray, affine: np.ndarray, dtype=np.float
     img.header.set_xyzt_units("mm", "sec")
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
-    nib.save(img, str(path))
+    write_image(img, path)
 
 
 def _rotation_z(degrees: float) -> np.ndarray:

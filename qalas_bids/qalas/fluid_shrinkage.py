@@ -51,16 +51,17 @@ def shrink_fluid(maps: Mapping[str, np.ndarray], crlb: Mapping[str, np.ndarray],
             if key not in crlb:
                 continue
             log = key in ("t1", "t2")
-            v = np.asarray(values, dtype=np.float64)
-            sd = np.asarray(crlb[key], dtype=np.float64)
+            v = np.asarray(values, dtype=np.float64)[group]  # the group's voxels only
+            sd = np.asarray(crlb[key], dtype=np.float64)[group]
+            in_core = core[group]
             x = np.log(np.maximum(v, 1e-6)) if log else v
             s = sd / np.maximum(v, 1e-6) if log else sd
             given = centres.get(key)
-            centre = float(np.log(given) if log else given) if given is not None else float(np.median(x[core]))
-            mad_var = (1.4826 * float(np.median(np.abs(x[core] - centre)))) ** 2
-            tau2 = max(mad_var - float(np.median(s[core] ** 2)), TAU_MIN ** 2 if log else (TAU_MIN * abs(centre)) ** 2)
-            w = tau2 / (tau2 + s[group] ** 2)
-            shrunk = centre + w * (x[group] - centre)
+            centre = float(np.log(given) if log else given) if given is not None else float(np.median(x[in_core]))
+            mad_var = (1.4826 * float(np.median(np.abs(x[in_core] - centre)))) ** 2
+            tau2 = max(mad_var - float(np.median(s[in_core] ** 2)), TAU_MIN ** 2 if log else (TAU_MIN * abs(centre)) ** 2)
+            w = tau2 / (tau2 + s ** 2)
+            shrunk = centre + w * (x - centre)
             out[key][group] = np.exp(shrunk) if log else shrunk
             summary[key.upper()] = {"Centre": float(np.exp(centre)) if log else centre,
                                     "PriorSD": float(np.sqrt(tau2)), "MeanWeight": float(np.mean(w))}

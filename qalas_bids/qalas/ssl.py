@@ -127,9 +127,15 @@ def train_network(net: QalasNet, inputs: torch.Tensor, targets: torch.Tensor, b1
     return history
 
 
+#: Voxels per network forward pass: on a CPU the 64-channel activations of a chunk should
+#: stay in cache (2M voxels: 0.9 s with 32768, 2.5 s with 262144 on 2 cores).
+PREDICT_CHUNK = {"cpu": 32768, "cuda": 1_048_576}
+
+
 @torch.no_grad()
-def predict(net: QalasNet, inputs: torch.Tensor, chunk: int = 262144) -> torch.Tensor:
+def predict(net: QalasNet, inputs: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
     """Network parameters ``(N, 4)`` for ``inputs``, in chunks (no gradients)."""
+    chunk = chunk or PREDICT_CHUNK["cuda" if inputs.device.type == "cuda" else "cpu"]
     net.eval()
     n = inputs.shape[0]
     prog.phase("SSL network prediction", total=n, unit="voxel")

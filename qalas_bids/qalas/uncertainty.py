@@ -23,6 +23,7 @@ from scipy import ndimage
 from . import progress as prog
 from .device import resolve_device
 from .errors import QalasInputError
+from .masking import bounding_box
 from .results import PARAMETERS
 from .signal_model import N_CONTRASTS, qalas_magnitude, voxelwise_jacobian
 from .timing import SequenceTiming
@@ -70,17 +71,18 @@ def estimate_noise_sigma(
     ``"local-difference"`` otherwise: ``1.4826 * MAD`` of the differences of neighbouring
     voxels (along the first axis, inside the mask) divided by sqrt(2), robust to edges.
     """
-    data = np.asarray(qalas4d, dtype=np.float64)
+    data = np.asarray(qalas4d)
     mask = np.asarray(mask, dtype=bool)
     if data.ndim != 4 or data.shape[-1] != N_CONTRASTS or data.shape[:3] != mask.shape:
         raise QalasInputError(
             f"noise estimate needs a (X, Y, Z, 5) QALAS volume and a matching (X, Y, Z) mask; "
             f"got {data.shape} and {mask.shape}")
-    outside = ~ndimage.binary_dilation(mask, iterations=BACKGROUND_DILATION) if mask.any() else np.ones_like(mask)
-    background = data[outside]
+    background = data[~_dilate(mask, BACKGROUND_DILATION)]
     background = background[np.all(background > 0, axis=-1) & np.all(np.isfinite(background), axis=-1)]
     if background.shape[0] >= min_background:
-        return float(np.sqrt(np.mean(background ** 2) / 2.0)), "background-rayleigh"
+        power = np.einsum("ij,ij->", background, background, dtype=np.float64) / background.size
+        return float(np.sqrt(power / 2.0)), "background-rayleigh"
+    data = data.astype(np.float64)
     LOGGER.info("Only %d background voxels: estimating noise from %s.", background.shape[0],
                 "fit residuals" if model_residuals is not None else "neighbour differences")
     if model_residuals is not None:
@@ -95,6 +97,16 @@ def estimate_noise_sigma(
         raise QalasInputError("cannot estimate the noise: the mask is empty and there is no background")
     mad = np.median(np.abs(diffs - np.median(diffs)))
     return float(1.4826 * mad), "local-difference"
+
+
+def _dilate(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """Binary dilation of ``mask``, computed on its bounding box plus ``iterations`` voxels."""
+    out = np.zeros_like(mask)
+    if not mask.any():
+        return out
+    box = bounding_box(mask, iterations)
+    out[box] = ndimage.binary_dilation(mask[box], iterations=iterations)
+    return out
 
 
 def correct_noise_floor(magnitudes: np.ndarray, sigma: float) -> np.ndarray:

@@ -57,18 +57,16 @@ def mosaic(
     """
     slices = slice_indices(mask, n_slices)
     fig = Figure(figsize=(1.5 * len(slices) + 1.2, 1.7 * len(rows)))
-    grid = fig.add_gridspec(len(rows), len(slices) + 1, width_ratios=[1] * len(slices) + [0.08],
-                            wspace=0.02, hspace=0.15)
+    grid = fig.add_gridspec(len(rows), 2, width_ratios=[len(slices), 0.08], wspace=0.02, hspace=0.15)
     for r, (title, data, cmap, vmin, vmax, units) in enumerate(rows):
-        image = None
-        for c, z in enumerate(slices):
-            ax = fig.add_subplot(grid[r, c])
-            image = ax.imshow(data[:, :, z].T, origin="lower", cmap=cmap, vmin=vmin, vmax=vmax,
-                              interpolation="nearest")
-            ax.set_axis_off()
-            if c == 0:
-                ax.set_title(title, fontsize=8, loc="left")
-        bar = fig.colorbar(image, cax=fig.add_subplot(grid[r, -1]))
+        # One image per row: the slices side by side with a blank gap (one axes, not six).
+        gap = np.full((2, data.shape[1]), np.nan, dtype=np.float32)
+        strip = np.concatenate([part for z in slices for part in (data[:, :, z], gap)][:-1], axis=0)
+        ax = fig.add_subplot(grid[r, 0])
+        image = ax.imshow(strip.T, origin="lower", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+        ax.set_axis_off()
+        ax.set_title(title, fontsize=8, loc="left")
+        bar = fig.colorbar(image, cax=fig.add_subplot(grid[r, 1]))
         bar.set_label(units, fontsize=7)
         bar.ax.tick_params(labelsize=6)
     return _save(fig, Path(path))
@@ -109,6 +107,14 @@ def b1_registration(path: str | Path, background: nib.Nifti1Image, b1_qalas: nib
     return _save(fig, Path(path))
 
 
+def axial_cuts(mask: nib.Nifti1Image, n: int = 6) -> list[float]:
+    """World z (mm) of ``n`` axial slices spread over the mask (:func:`slice_indices`), for
+    nilearn's ``cut_coords`` (so it does not search the image for them)."""
+    canonical = nib.as_closest_canonical(mask)
+    z = slice_indices(np.asarray(canonical.dataobj) > 0, n)
+    return [float((canonical.affine @ [0, 0, k, 1])[2]) for k in z]
+
+
 def mask_outline(path: str | Path, background: nib.Nifti1Image, mask: nib.Nifti1Image,
                  head_mask: nib.Nifti1Image | None = None) -> Path:
     """Brain mask outline (red) and head mask outline (blue) over the QALAS image."""
@@ -117,24 +123,26 @@ def mask_outline(path: str | Path, background: nib.Nifti1Image, mask: nib.Nifti1
     fig = Figure(figsize=(9, 2.6))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    display = plotting.plot_anat(background, axes=ax, display_mode="z", cut_coords=6, annotate=False,
-                                 draw_cross=False, dim=-0.5, colorbar=False)
+    display = plotting.plot_anat(background, axes=ax, display_mode="z", cut_coords=axial_cuts(mask),
+                                 annotate=False, draw_cross=False, dim=-0.5, colorbar=False)
     if head_mask is not None:
         display.add_contours(head_mask, levels=[0.5], colors="b", linewidths=0.8)
     display.add_contours(mask, levels=[0.5], colors="r", linewidths=0.8)
     return _save(fig, Path(path))
 
 
-def fit_flags(path: str | Path, background: nib.Nifti1Image, flags: nib.Nifti1Image) -> Path:
-    """Voxels at a parameter bound (yellow) and with a high residual (magenta) over the image."""
+def fit_flags(path: str | Path, background: nib.Nifti1Image, flags: nib.Nifti1Image,
+              mask: nib.Nifti1Image) -> Path:
+    """Voxels at a parameter bound (yellow) and with a high residual (magenta) over the image
+    (axial slices spread over ``mask``)."""
     from matplotlib.colors import ListedColormap
     from nilearn import plotting
 
     fig = Figure(figsize=(9, 2.6))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    display = plotting.plot_anat(background, axes=ax, display_mode="z", cut_coords=6, annotate=False,
-                                 draw_cross=False, dim=-0.5, colorbar=False)
+    display = plotting.plot_anat(background, axes=ax, display_mode="z", cut_coords=axial_cuts(mask),
+                                 annotate=False, draw_cross=False, dim=-0.5, colorbar=False)
     data = np.asarray(flags.dataobj, dtype=np.float32)
     if (data > 0).any():
         masked = np.ma.masked_equal(data, 0)  # 1 at a bound, 2 high residual, 3 both

@@ -7,13 +7,14 @@ loss history, ...) produce a sentence saying so, never an error.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import html
 import logging
 from importlib import resources
 from pathlib import Path
 from string import Template
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -22,6 +23,7 @@ from .. import __version__
 from ..bids.derivatives import atomic_write_text, derivative_path
 from ..qalas.errors import QalasInputError
 from ..qalas.tissue import LABELS
+from ..utils.nifti_io import read_image
 from . import figures
 from .collect import MAP_SUFFIXES, RunDerivatives, find_runs, read_sidecar
 from .summaries import MAP_UNITS, TISSUES, LoadedRun, load_run, tissue_table
@@ -55,7 +57,7 @@ def _background(loaded: LoadedRun, bids_dir: Path | None) -> nib.Nifti1Image:
         sources = [str(u).split(":", 2)[-1] for u in loaded.run.sidecar.get("Sources", []) or []]
         candidates = sorted(bids_dir / r for r in sources if "QALAS" in r and (bids_dir / r).is_file())
         if candidates:
-            img = nib.load(str(candidates[-1]))
+            img = read_image(candidates[-1])
             if img.ndim == 4:
                 img = nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32)[..., -1], img.affine)
             return img
@@ -69,7 +71,7 @@ def _raw_b1(run: RunDerivatives, bids_dir: Path | None) -> nib.Nifti1Image | Non
     for uri in read_sidecar(run.b1).get("Sources", []) or []:
         rel = str(uri).split(":", 2)[-1]
         if ("famp" in rel or "TB1map" in rel) and (bids_dir / rel).is_file():
-            return nib.load(str(bids_dir / rel))
+            return read_image(bids_dir / rel)
     return None
 
 
@@ -103,7 +105,8 @@ def _fit_flags_html(out_dir: Path, loaded: LoadedRun, background: nib.Nifti1Imag
         flags = flags + 2 * (loaded.residual > RESIDUAL_MAX).astype(np.uint8)
     flags = np.where(head, flags, 0)
     fig = figures.fit_flags(_figure_path(out_dir, run, "fitflags", "mask"), background,
-                            nib.Nifti1Image(flags.astype(np.float32), loaded.reference.affine))
+                            nib.Nifti1Image(flags.astype(np.float32), loaded.reference.affine),
+                            nib.Nifti1Image(head.astype(np.uint8), loaded.reference.affine))
     classes = ((run.sidecar.get("ParameterBounds") or {}).get("Classes")) or {}
     table = ""
     if classes:
@@ -176,9 +179,9 @@ def _run_section(out_dir: Path, loaded: LoadedRun, bids_dir: Path | None, extra_
     # Mask and B1
     background = _background(loaded, bids_dir)
     if run.mask is not None:
-        head = nib.load(str(run.head_mask)) if run.head_mask is not None else None
+        head = read_image(run.head_mask) if run.head_mask is not None else None
         fig = figures.mask_outline(_figure_path(out_dir, run, "brainmask", "mask"), background,
-                                   nib.load(str(run.mask)), head)
+                                   read_image(run.mask), head)
         volumes = side.get("BrainMask") or {}
         note = (f"Brain {volumes['BrainVolumeMl']} ml, head {volumes['HeadVolumeMl']} ml. "
                 if "BrainVolumeMl" in volumes else "")
@@ -191,7 +194,7 @@ def _run_section(out_dir: Path, loaded: LoadedRun, bids_dir: Path | None, extra_
     if run.b1 is not None:
         raw = _raw_b1(run, bids_dir)
         fig = figures.b1_registration(_figure_path(out_dir, run, "b1reg", "TB1map"), background,
-                                      nib.load(str(run.b1)), raw)
+                                      read_image(run.b1), raw)
         note = "" if raw is not None else ("<p class='note'>Raw B1 map not reachable (pass the BIDS directory) "
                                            "- only the resampled map is shown.</p>")
         parts.append("<h3>B1+ map (registration check)</h3>" + _img(out_dir, fig, "B1 over QALAS") + note)
@@ -224,7 +227,7 @@ def _run_section(out_dir: Path, loaded: LoadedRun, bids_dir: Path | None, extra_
     if run.synthetic:
         rows, captions = [], []
         for name, path in run.synthetic.items():
-            data = figures.canonical_data(nib.load(str(path)))
+            data = figures.canonical_data(read_image(path))
             meta = read_sidecar(path)
             signed = name == "PSIR"
             hi = float(np.percentile(np.abs(data[mask_ras]), 99)) if mask_ras.any() else 1.0
@@ -280,12 +283,15 @@ def _crash_files(out_dir: Path, subject: str, run_uuid: str | None = None) -> st
 
 def make_participant_report(output_dir: str | Path, subject_label: str, *, bids_dir: str | Path | None = None,
                             derivatives_dir: str | Path | None = None,
-                            warnings: Sequence[str] = (), run_uuid: str | None = None) -> Path:
+                            warnings: Sequence[str] = (), run_uuid: str | None = None,
+                            loaded_runs: Mapping[str, LoadedRun] | None = None) -> Path:
     """Write ``<output_dir>/sub-<label>.html`` (+ figures) from the derivatives on disk.
 
     ``bids_dir`` (optional) lets the report show the raw QALAS image and raw B1 map;
     ``warnings`` are extra messages (e.g. from the workflow log) listed with the sidecar ones;
-    ``run_uuid`` limits the crash files shown to those of that invocation.
+    ``run_uuid`` limits the crash files shown to those of that invocation; ``loaded_runs``
+    (label -> :class:`LoadedRun`, e.g. from the QC gate) are used instead of reading those
+    runs' maps again (their sidecars are still read from disk).
     """
     out_dir = Path(output_dir).absolute()
     subject = subject_label.removeprefix("sub-")
@@ -296,7 +302,8 @@ def make_participant_report(output_dir: str | Path, subject_label: str, *, bids_
                               "(did the participant level finish?).")
     sections, nav = [], []
     for run in runs:
-        loaded = load_run(run, derivatives_dir)
+        reuse = (loaded_runs or {}).get(run.label) if derivatives_dir is None else None
+        loaded = dataclasses.replace(reuse, run=run) if reuse is not None else load_run(run, derivatives_dir)
         sections.append(_run_section(out_dir, loaded, bids_dir, warnings))
         nav.append((run.label, run.label))
     sections.append("<h2 id='methods'>Methods</h2>" + _methods_html(out_dir))

@@ -69,18 +69,25 @@ def mark_failed(output_dir: Path, label: str, reasons: list[str]) -> int:
     return changed
 
 
-def apply_qc_gate(output_dir: str | Path, labels: Iterable[str]) -> dict[str, list[str]]:
+def apply_qc_gate(output_dir: str | Path, labels: Iterable[str], *, subject: str | None = None,
+                  loaded_runs: dict[str, Any] | None = None) -> dict[str, list[str]]:
     """Check the runs ``labels`` (``sub-01_ses-01_run-1``) of ``output_dir``; mark failures.
 
+    ``subject`` limits the search to one participant. When ``loaded_runs`` is a dict, each
+    checked run's :class:`~.summaries.LoadedRun` is stored in it under its label, so the
+    report can reuse the maps instead of reading them again.
     Returns ``{label: reasons}`` for the runs that failed.
     """
     output_dir = Path(output_dir)
     wanted = set(labels)
     failed = {}
-    for run in find_runs(output_dir):
+    for run in find_runs(output_dir, subject):
         if run.label not in wanted:
             continue
-        reasons = qc_failures(run_summary(load_run(run)))
+        loaded = load_run(run)
+        if loaded_runs is not None:
+            loaded_runs[run.label] = loaded
+        reasons = qc_failures(run_summary(loaded))
         if reasons:
             mark_failed(output_dir, run.label, reasons)
             failed[run.label] = reasons

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 from ..qalas.tissue import LABELS, classify_tissues, reliable_voxels
+from ..utils.nifti_io import map_threads, read_array
 from .collect import MAP_SUFFIXES, RunDerivatives
 
 TISSUES = ("WM", "GM", "CSF")
@@ -40,7 +41,7 @@ class LoadedRun:
 
 
 def _load(path: Path) -> np.ndarray:
-    return np.asarray(nib.load(str(path)).dataobj, dtype=np.float64)
+    return read_array(path, dtype=np.float64)
 
 
 def _labels_from_fmriprep(derivatives_dir: Path, run: RunDerivatives, reference: nib.Nifti1Image):
@@ -80,8 +81,8 @@ def load_run(run: RunDerivatives, derivatives_dir: str | Path | None = None) -> 
     with ``derivatives_dir``, from the fMRIPrep/sMRIPrep ``dseg`` of the same subject/session.
     """
     reference = nib.load(str(run.maps["T1map"]))
-    maps = {k: _load(p) for k, p in run.maps.items()}
-    crlb = {k: _load(p) for k, p in run.crlb.items()}
+    maps = dict(zip(run.maps, map_threads(_load, list(run.maps.values()))))
+    crlb = dict(zip(run.crlb, map_threads(_load, list(run.crlb.values()))))
     residual = _load(run.residual) if run.residual else None
     mask = _load(run.mask) > 0 if run.mask else maps["T1map"] > 0
     head = _load(run.head_mask) > 0 if run.head_mask else None

@@ -1,4 +1,4 @@
-"""Per-run QALAS workflow: load -> mask -> B1 -> fit -> synthetic contrasts -> derivatives."""
+"""Per-run QALAS workflow: checked inputs -> fit -> brain/tissues -> synthetic contrasts -> derivatives."""
 from __future__ import annotations
 
 import math
@@ -8,12 +8,19 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ..interfaces.fit import FitQalas
-from ..interfaces.io import LoadQalas
-from ..interfaces.masking import HeadMask
 from ..interfaces.tissues import BrainTissues
+from ..qalas.b1map import B1_RANGE
+from ..qalas.timing import timing_from_metadata
 from ..utils.metadata import ALGORITHMS, raw_sources
-from .b1 import init_b1_wf
 from .outputs import init_datasink_wf
+
+#: Methods text of the B1 preparation (done with the input checks, before the workflow).
+B1_DESCRIPTION = (
+    " The TurboFLASH B1+ map was converted to relative B1 (measured flip angle divided by "
+    "the nominal one), resampled into QALAS space using both images' affines (linear "
+    f"interpolation, nilearn), clipped to [{B1_RANGE[0]}, {B1_RANGE[1]}] and masked "
+    "outside the head."
+)
 
 
 def fit_resources(run, settings) -> dict:
@@ -41,17 +48,26 @@ def run_workflow_name(run) -> str:
 def init_qalas_wf(*, run, settings, name: str | None = None):
     """Process one QALAS run into derivatives.
 
+    The run's images were read and checked once before the workflow
+    (:func:`qalas_bids.cli.run.prepare_inputs`): ``run.prepared`` holds the 4D QALAS
+    image, the head mask and the B1 map on the QALAS grid, which are this workflow's inputs.
+
     Parameters
     ----------
-    run : :class:`qalas_bids.bids.discovery.QalasRun`
+    run : :class:`qalas_bids.bids.discovery.QalasRun` with ``prepared`` set
     settings : :class:`qalas_bids.config.Settings`
 
     Outputs
     -------
     t1, t2, pd, ie : fitted maps (work directory)
-    mask : head mask (fitted voxels); b1 : B1 in QALAS space (undefined with --no-b1)
+    mask : head mask (fitted voxels); b1 : B1 in QALAS space (undefined without B1)
     out_files : derivatives written
     """
+    if run.prepared is None:
+        raise ValueError(f"{run.label}: its inputs were not checked (qalas_bids.cli.run.prepare_inputs)")
+    prepared = run.prepared
+    use_b1 = prepared.b1_file is not None
+    timing = run.timing or timing_from_metadata(run.metadata, vendor=settings.vendor_preset or None)
     workflow = pe.Workflow(name=name or run_workflow_name(run))
     workflow.__desc__ = (
         f"The five 3D-QALAS contrasts of {run.label} were stacked and a head mask (CSF "
@@ -59,22 +75,24 @@ def init_qalas_wf(*, run, settings, name: str | None = None):
         f"and eyes using the fitted maps. Maps of T1, T2, proton density and inversion efficiency "
         f"were estimated voxel-wise with {ALGORITHMS[settings.fit_mode]}, with Cramer-Rao "
         "lower-bound uncertainty maps and the relative fit residual."
-    )
-    inputnode = pe.Node(niu.IdentityInterface(fields=["qalas_files", "metadata"]), name="inputnode")
-    inputnode.inputs.qalas_files = list(run.qalas_files)
-    inputnode.inputs.metadata = dict(run.metadata)
+    ) + (B1_DESCRIPTION if use_b1 else "")
+    inputnode = pe.Node(niu.IdentityInterface(fields=["qalas_file", "mask_file", "b1_file"]), name="inputnode")
+    inputnode.inputs.qalas_file = prepared.qalas_file
+    inputnode.inputs.mask_file = prepared.mask_file
+    if use_b1:
+        inputnode.inputs.b1_file = prepared.b1_file
     outputnode = pe.Node(niu.IdentityInterface(
         fields=["t1", "t2", "pd", "ie", "mask", "b1", "out_files"]), name="outputnode")
 
-    load = pe.Node(LoadQalas(), name="load_qalas", mem_gb=1.0)
-    if settings.vendor_preset:
-        load.inputs.vendor_preset = settings.vendor_preset
-    mask = pe.Node(HeadMask(), name="head_mask", mem_gb=1.0)
     fit = pe.Node(FitQalas(method=settings.fit_mode, device=settings.resolved_device or settings.device,
                            seed=settings.seed, num_threads=settings.omp_nthreads,
                            progress=not settings.quiet, progress_label=run.label,
-                           noise_floor_correction=settings.noise_floor_correction),
+                           noise_floor_correction=settings.noise_floor_correction,
+                           timing=timing.timing.as_dict(), timing_sources=dict(timing.sources),
+                           timing_warnings=list(timing.warnings)),
                   name="fit", **fit_resources(run, settings))
+    if use_b1:
+        fit.inputs.b1_info = dict(prepared.b1_info)
     if settings.ssl_options:
         fit.inputs.ssl_options = settings.ssl_options
     if run.warnings:
@@ -82,11 +100,11 @@ def init_qalas_wf(*, run, settings, name: str | None = None):
     if settings.model_path:
         fit.inputs.model_path = str(settings.model_path)
         fit.inputs.force_model = settings.force_model
-        if run.timing is not None and settings.fit_mode in ("pretrained", "fine-tune"):
+        if settings.fit_mode in ("pretrained", "fine-tune"):
             from ..qalas.cohort import check_model_compatibility
 
             fit.inputs.model_warnings = check_model_compatibility(
-                settings.model_path, run.timing.timing, run.metadata, force=settings.force_model,
+                settings.model_path, timing.timing, run.metadata, force=settings.force_model,
                 label=run.label)
     if settings.save_model_dir and settings.fit_mode in ("scan-specific", "fine-tune"):
         from ..qalas.cohort import acquisition_info, model_filename
@@ -96,38 +114,29 @@ def init_qalas_wf(*, run, settings, name: str | None = None):
                                        "sources": raw_sources(run.qalas_files, settings.bids_dir)}
     tissues = pe.Node(BrainTissues(), name="brain_tissues", mem_gb=1.0)
     synth = init_synthetic_node(settings, sources=raw_sources(run.qalas_files, settings.bids_dir))
-    sinks = init_datasink_wf(run=run, settings=settings,
-                             contrasts=bool(synth), b1=run.b1 is not None and not settings.no_b1)
+    sinks = init_datasink_wf(run=run, settings=settings, contrasts=bool(synth), b1=use_b1)
 
     workflow.connect([
-        (inputnode, load, [("qalas_files", "in_files"), ("metadata", "metadata")]),
-        (load, mask, [("out_file", "in_file")]),
-        (load, fit, [("out_file", "qalas_file"), ("timing", "timing"),
-                     ("timing_sources", "timing_sources"), ("timing_warnings", "timing_warnings")]),
-        (mask, fit, [("out_mask", "mask_file")]),
+        (inputnode, fit, [("qalas_file", "qalas_file"), ("mask_file", "mask_file")]),
         (fit, tissues, [("out_maps", "maps"), ("sidecar", "fit_sidecar")]),
-        (mask, tissues, [("out_mask", "head_mask")]),
+        (inputnode, tissues, [("mask_file", "head_mask")]),
         (fit, sinks, [("out_maps", "inputnode.maps")]),
         (tissues, sinks, [("sidecar", "inputnode.fit_metadata"), ("brain_mask", "inputnode.mask")]),
-        (mask, sinks, [("out_mask", "inputnode.head_mask")]),
+        (inputnode, sinks, [("mask_file", "inputnode.head_mask")]),
         (fit, outputnode, [("t1", "t1"), ("t2", "t2"), ("pd", "pd"), ("ie", "ie")]),
-        (mask, outputnode, [("out_mask", "mask")]),
+        (inputnode, outputnode, [("mask_file", "mask")]),
         (sinks, outputnode, [("outputnode.out_files", "out_files")]),
     ])
-    if run.b1 is not None and not settings.no_b1:
-        b1_wf = init_b1_wf(b1_source=run.b1, flip_angle=settings.b1_flip_angle,
-                           min_coverage=settings.b1_min_coverage)
+    if use_b1:
         workflow.connect([
-            (load, b1_wf, [("out_file", "inputnode.qalas_file")]),
-            (mask, b1_wf, [("out_mask", "inputnode.mask_file")]),
-            (b1_wf, fit, [("outputnode.b1_file", "b1_file"), ("outputnode.b1_info", "b1_info")]),
-            (b1_wf, sinks, [("outputnode.b1_file", "inputnode.b1")]),
-            (b1_wf, outputnode, [("outputnode.b1_file", "b1")]),
+            (inputnode, fit, [("b1_file", "b1_file")]),
+            (inputnode, sinks, [("b1_file", "inputnode.b1")]),
+            (inputnode, outputnode, [("b1_file", "b1")]),
         ])
     if synth:
         workflow.connect([
             (fit, synth, [("t1", "t1"), ("t2", "t2"), ("pd", "pd"), ("ie", "ie"), ("out_maps", "maps")]),
-            (mask, synth, [("out_mask", "mask")]),
+            (inputnode, synth, [("mask_file", "mask")]),
             (tissues, synth, [("brain_mask", "brain_mask")]),
             (synth, sinks, [("out_files", "inputnode.synth_files"),
                             ("out_names", "inputnode.synth_names"),
