@@ -84,7 +84,7 @@ def gpu_timings(request) -> list:
 
 
 def _timing_table(rows: list[dict]) -> list[str]:
-    columns = ["total", "device check", "preflight", "workflow", "fit", "network", "refinement",
+    columns = ["total", "device check", "preflight", "input checks", "workflow", "fit", "network", "refinement",
                "crlb", "reports"]
     width = max(len(r["case"]) for r in rows)
     lines = [f"{'case':<{width}}  " + "  ".join(f"{c:>10}" for c in columns)]

@@ -105,3 +105,60 @@ def test_inputs_are_read_once_and_written_for_the_workflow(tmp_path):
     assert np.array_equal(read_array(first.qalas_file), checked.data)
     assert first.b1_info["FieldOfViewCoverage"] >= 0.95
     assert check_run_inputs(run, use_b1=False).b1 is None
+
+
+def test_crlb_condition_shortcut_matches_eigenvalues_everywhere(monkeypatch):
+    """Only voxels whose Frobenius bound exceeds the limit need eigenvalues: same result."""
+    import torch
+
+    from qalas_bids.qalas import uncertainty
+    from qalas_bids.qalas.timing import get_preset
+
+    rng = np.random.default_rng(1)
+    n = 20000
+    args = (rng.uniform(0.05, 9.9, n), rng.uniform(0.002, 4.9, n), rng.uniform(0, 1, n),
+            rng.uniform(0.5, 1, n), rng.uniform(0.65, 1.35, n), get_preset("siemens"), 0.01)
+    args[2][:200] = 0.0  # singular Fisher matrices
+    fast = uncertainty.crlb_std(*args, device="cpu")
+    monkeypatch.setattr(torch.linalg, "matrix_norm", lambda a: torch.full(a.shape[:-2], float("inf"), dtype=a.dtype))
+    exact = uncertainty.crlb_std(*args, device="cpu")
+    assert 0 < fast["singular"].sum() < n
+    for key in fast:
+        assert np.array_equal(fast[key], exact[key]), key
+
+
+def test_figures_drawn_in_worker_processes(tmp_path):
+    from qalas_bids.reports.figures import FigureBatch, loss_curve
+
+    batch = FigureBatch(workers=2)
+    paths = [batch.add(loss_curve, tmp_path / f"loss{i}.png", np.linspace(1, 0.1, 5 + i)) for i in range(3)]
+    assert not any(p.exists() for p in paths)
+    assert batch.draw() == paths and all(p.stat().st_size > 0 for p in paths)
+    assert batch.jobs == [] and batch.draw() == []
+
+
+def test_order_check_thread_is_quiet_but_other_threads_warn(caplog):
+    """The quick fit's model warnings are dropped in its own thread only."""
+    import logging
+    import threading
+
+    from qalas_bids.qalas.plausibility import _quiet_single_threaded
+
+    logger = logging.getLogger("qalas_bids")
+    entered, release = threading.Event(), threading.Event()
+
+    def quiet_fit():
+        with _quiet_single_threaded():
+            logger.warning("model trained for another timing")
+            entered.set()
+            release.wait(5)
+
+    with caplog.at_level(logging.WARNING, logger="qalas_bids"):
+        worker = threading.Thread(target=quiet_fit)
+        worker.start()
+        entered.wait(5)
+        logger.warning("B1 covers 90% of the head")
+        release.set()
+        worker.join()
+    messages = [r.getMessage() for r in caplog.records]
+    assert "B1 covers 90% of the head" in messages and "model trained for another timing" not in messages

@@ -83,7 +83,8 @@ def timing_row(case: str, out: Path, device_name: str) -> dict:
     (path,) = sorted(out.glob("logs/timing-*.json"))[-1:]
     stages = json.loads(path.read_text())["stages"]
     row: dict = {"case": case, "device_name": device_name, "total": 0.0}
-    names = {"device check": "device check", "preflight (validation, discovery, input checks)": "preflight",
+    names = {"device check": "device check", "preflight (validation, discovery)": "preflight",
+             "input checks (read once: order, head mask, B1)": "input checks",
              "workflow run (all nodes, wall)": "workflow", "boilerplate and reports": "reports"}
     for stage in stages:
         if stage["scope"] == "invocation":

@@ -9,6 +9,7 @@ the workflow as files, so the inputs are read once per invocation.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -252,18 +253,30 @@ def check_run_inputs(run: Any, *, use_b1: bool = True, flip_angle_override: floa
     little of the head all raise :class:`QalasInputError`. The arrays it returns are the
     fit's inputs (:func:`write_run_inputs`), so nothing is read or computed twice.
     """
+    data4d, reference = load_qalas_run(run)  # NaN/Inf, negative, empty contrasts
+    # The readout-order check (a quick torch fit, outside the GIL) runs alongside the head
+    # mask and the B1 resampling (scipy); its error, if any, is raised first.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        order = pool.submit(check_volume_order, run, data4d)  # out of readout order: error
+        try:
+            mask = _head_mask(run, data4d)
+            b1, b1_info = None, {}
+            if use_b1 and run.b1 is not None:
+                b1, b1_info = b1_on_qalas_grid(run, reference, mask, flip_angle_override, min_coverage)
+        except QalasInputError:
+            order.result()  # volumes out of order explain a failed mask or B1 check: that error first
+            raise
+        warnings = tuple(order.result())
+    return RunInputs(data4d, reference, mask, b1, b1_info, warnings)
+
+
+def _head_mask(run: Any, data4d: np.ndarray) -> np.ndarray:
     from ..qalas.masking import compute_head_mask
 
-    data4d, reference = load_qalas_run(run)  # NaN/Inf, negative, empty contrasts
-    warnings = tuple(check_volume_order(run, data4d))  # out of readout order: error
     try:
-        mask = compute_head_mask(data4d)
+        return compute_head_mask(data4d)
     except QalasInputError as exc:
         raise QalasInputError(f"{run.label}: {exc}") from None
-    b1, b1_info = None, {}
-    if use_b1 and run.b1 is not None:
-        b1, b1_info = b1_on_qalas_grid(run, reference, mask, flip_angle_override, min_coverage)
-    return RunInputs(data4d, reference, mask, b1, b1_info, warnings)
 
 
 @dataclass(frozen=True)

@@ -188,7 +188,8 @@ def _subjects(settings: Settings, runs: list | None) -> list[str]:
     return sorted(p.name[4:] for p in settings.output_dir.glob("sub-*") if p.is_dir())
 
 
-def write_reports(settings: Settings, subjects: list[str], loaded_runs: dict | None = None) -> bool:
+def write_reports(settings: Settings, subjects: list[str], loaded_runs: dict | None = None,
+                  layout=None) -> bool:
     """HTML report per participant (reads derivatives from disk, except the runs in
     ``loaded_runs``, label -> LoadedRun, already read by the QC gate). Returns success."""
     ok = True
@@ -201,7 +202,7 @@ def write_reports(settings: Settings, subjects: list[str], loaded_runs: dict | N
         try:
             path = make_participant_report(settings.output_dir, subject, bids_dir=settings.bids_dir,
                                            run_uuid=None if settings.reports_only else settings.run_uuid,
-                                           loaded_runs=loaded_runs)
+                                           loaded_runs=loaded_runs, layout=layout, workers=settings.nprocs)
             LOGGER.info("Report written: %s", path)
         except Exception as exc:  # a report problem must not hide the processing result
             LOGGER.error("report for sub-%s failed: %s: %s", subject, type(exc).__name__, exc)
@@ -349,15 +350,15 @@ def lock_work_dirs(settings: Settings, runs: list, stack) -> None:
 
 
 def qc_gate(settings: Settings, runs: list, *, subject: str | None = None,
-            loaded_runs: dict | None = None) -> int:
+            loaded_runs: dict | None = None, layout=None) -> int:
     """Mark runs with implausible maps failed-QC (sidecars, report); their exit status.
 
-    ``subject`` and ``loaded_runs`` are passed to :func:`~qalas_bids.reports.qc_gate.apply_qc_gate`.
+    ``subject``, ``loaded_runs`` and ``layout`` are passed to :func:`~qalas_bids.reports.qc_gate.apply_qc_gate`.
     """
     from ..reports.qc_gate import EXIT_QC_FAILED, apply_qc_gate
 
     failed = apply_qc_gate(settings.output_dir, [run.label for run in runs], subject=subject,
-                           loaded_runs=loaded_runs)
+                           loaded_runs=loaded_runs, layout=layout)
     for label, reasons in failed.items():
         LOGGER.error("%s failed QC: %s (marked in its sidecars and report)", label, "; ".join(reasons))
     if not failed:
@@ -373,18 +374,24 @@ def qc_gate(settings: Settings, runs: list, *, subject: str | None = None,
 def qc_and_reports(settings: Settings, runs: list, status: int) -> int:
     """Per participant: the QC gate (only after a successful workflow), then the report,
     which reuses the maps the gate read. Returns the updated exit status."""
+    from ..reports.collect import output_layout
+
     workflow_ok = status == EXIT_OK
+    try:
+        layout = output_layout(settings.output_dir)  # indexed once for the gate and every report
+    except Exception:  # no outputs at all: each step reports it below
+        layout = None
     for subject in _subjects(settings, runs):
         loaded: dict = {}
         if workflow_ok:
             try:
                 verdict = qc_gate(settings, [r for r in runs if r.subject == subject], subject=subject,
-                                  loaded_runs=loaded)
+                                  loaded_runs=loaded, layout=layout)
                 status = status or verdict
             except Exception as exc:  # a QC problem must not hide finished maps
                 LOGGER.error("post-fit QC of sub-%s could not run: %s: %s", subject, type(exc).__name__, exc)
                 status = EXIT_FAILURE
-        if not write_reports(settings, [subject], loaded_runs=loaded):
+        if not write_reports(settings, [subject], loaded_runs=loaded, layout=layout):
             status = status or EXIT_FAILURE
     return status
 

@@ -1,4 +1,4 @@
-"""Brain mask, tissue classes and parameter-bound summary node (after the fit)."""
+"""Brain mask (after the fit) and the tissue/parameter-bound summary of the fitted maps."""
 from __future__ import annotations
 
 import os
@@ -12,39 +12,67 @@ from ..utils.images import save_like
 from ..utils.nifti_io import map_threads, read_array
 
 
-class _BrainTissuesInputSpec(BaseInterfaceInputSpec):
+class _BrainMaskInputSpec(BaseInterfaceInputSpec):
+    t1 = File(exists=True, mandatory=True, desc="fitted T1 map (s)")
+    pd = File(exists=True, mandatory=True, desc="fitted PD map")
+    head_mask = File(exists=True, mandatory=True, desc="head mask (the fitted voxels)")
+
+
+class _BrainMaskOutputSpec(TraitedSpec):
+    brain_mask = File(exists=True, desc="brain mask (CSF included, no scalp, skull or eyes)")
+    info = traits.Dict(desc="BrainMask sidecar entry (method, volumes)")
+
+
+class BrainMask(SimpleInterface):
+    """Separate the brain from the scalp, skull and eyes using the fitted T1 and PD."""
+
+    input_spec = _BrainMaskInputSpec
+    output_spec = _BrainMaskOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..qalas.brain_mask import brain_mask_from_maps
+
+        ref = nib.load(self.inputs.t1)
+        t1, pd = map_threads(lambda path: read_array(path, dtype=np.float64), [self.inputs.t1, self.inputs.pd])
+        head = read_array(self.inputs.head_mask, dtype=np.uint8) > 0
+        brain, info = brain_mask_from_maps(t1, pd, head, ref.header.get_zooms()[:3])
+        out = save_like(brain, ref, os.path.join(runtime.cwd, "brain_mask.nii.gz"), dtype=np.uint8)
+        self._results.update(brain_mask=out, info=info)
+        return runtime
+
+
+class _TissueSummaryInputSpec(BaseInterfaceInputSpec):
     maps = traits.List(File(exists=True), mandatory=True,
                        desc="fitted maps in qalas_bids.qalas.fit_volume.MAP_KEYS order")
+    brain_mask = File(exists=True, mandatory=True, desc="brain mask")
+    brain_info = traits.Dict(mandatory=True, desc="BrainMask sidecar entry")
     head_mask = File(exists=True, mandatory=True, desc="head mask (the fitted voxels)")
     fit_sidecar = traits.Dict(mandatory=True, desc="sidecar keys of the fit (extended here)")
 
 
-class _BrainTissuesOutputSpec(TraitedSpec):
-    brain_mask = File(exists=True, desc="brain mask (CSF included, no scalp, skull or eyes)")
+class _TissueSummaryOutputSpec(TraitedSpec):
     sidecar = traits.Dict(desc="fit sidecar plus BrainMask, ParameterBounds, TissueReliability")
 
 
-class BrainTissues(SimpleInterface):
-    """Separate the brain from the head and summarise voxels at parameter bounds."""
+class TissueSummary(SimpleInterface):
+    """Voxels at parameter bounds per tissue class and the reliable-voxel counts (sidecar)."""
 
-    input_spec = _BrainTissuesInputSpec
-    output_spec = _BrainTissuesOutputSpec
+    input_spec = _TissueSummaryInputSpec
+    output_spec = _TissueSummaryOutputSpec
 
     def _run_interface(self, runtime):
-        from ..qalas.brain_mask import brain_mask_from_maps
         from ..qalas.fit_volume import MAP_KEYS
         from ..qalas.tissue_summary import summarise_tissues
 
-        ref = nib.load(self.inputs.maps[0])
-        arrays = map_threads(lambda path: read_array(path, dtype=np.float64), self.inputs.maps)
-        maps = dict(zip(MAP_KEYS, arrays))
+        needed = ("t1", "t2", "ie", "crlb_t1", "residual")
+        paths = dict(zip(MAP_KEYS, self.inputs.maps))
+        maps = dict(zip(needed, map_threads(lambda key: read_array(paths[key], dtype=np.float64), needed)))
+        brain = read_array(self.inputs.brain_mask, dtype=np.uint8) > 0
         head = read_array(self.inputs.head_mask, dtype=np.uint8) > 0
-        brain, brain_info = brain_mask_from_maps(maps["t1"], maps["pd"], head, ref.header.get_zooms()[:3])
         summary, warnings = summarise_tissues(maps, brain, head)
         sidecar = dict(self.inputs.fit_sidecar)
-        sidecar.update(BrainMask=brain_info, **summary)
+        sidecar.update(BrainMask=dict(self.inputs.brain_info), **summary)
         if warnings:
             sidecar["Warnings"] = list(sidecar.get("Warnings", [])) + warnings
-        out = save_like(brain, ref, os.path.join(runtime.cwd, "brain_mask.nii.gz"), dtype=np.uint8)
-        self._results.update(brain_mask=out, sidecar=sidecar)
+        self._results["sidecar"] = sidecar
         return runtime

@@ -13,6 +13,7 @@ order [1, 2, 3, 4, 0] 36 % / 35 % / 33 %).
 from __future__ import annotations
 
 import logging
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import permutations
@@ -72,21 +73,34 @@ def candidate_orders(extra: Sequence[Sequence[int]] = ()) -> list[tuple[int, ...
     return list(dict.fromkeys(orders))
 
 
+class _OtherThreadsOnly(logging.Filter):
+    """Drops the records of one thread below ERROR (the others' warnings still show)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread = threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread != self.thread or record.levelno >= logging.ERROR
+
+
 @contextmanager
 def _quiet_single_threaded():
-    """Silence the core's logger (the forced shipped model warns on every quick fit) and
-    compute on one thread: this runs in the parent before nipype forks its workers, and a
-    process forked after OpenMP started a thread pool can hang in its first parallel op."""
+    """Silence the core's logger in this thread (the forced shipped model warns on every
+    quick fit) and compute on one thread: this runs in the parent before nipype forks its
+    workers, and a process forked after OpenMP started a thread pool can hang in its first
+    parallel op. Other threads (the head mask and B1 checks run alongside) log as usual."""
     import torch
 
     logger = logging.getLogger("qalas_bids")
-    old_level, old_threads = logger.level, torch.get_num_threads()
-    logger.setLevel(logging.ERROR)
+    quiet = _OtherThreadsOnly()
+    old_threads = torch.get_num_threads()
+    logger.addFilter(quiet)
     torch.set_num_threads(1)
     try:
         yield
     finally:
-        logger.setLevel(old_level)
+        logger.removeFilter(quiet)
         torch.set_num_threads(old_threads)
 
 

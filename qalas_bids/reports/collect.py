@@ -56,7 +56,8 @@ def read_sidecar(image_path: str | Path) -> dict[str, Any]:
         return {}
 
 
-def _layout(output_dir: Path):
+def output_layout(output_dir: Path):
+    """pybids layout of a qalas-bids output folder (QalasInputError when it is not one)."""
     from bids import BIDSLayout
 
     if not (output_dir / "dataset_description.json").is_file():
@@ -75,7 +76,7 @@ def _ents_key(f) -> tuple:
 def find_runs(output_dir: str | Path, subject: str | None = None, layout=None) -> list[RunDerivatives]:
     """All runs with a T1 map in ``output_dir`` (optionally of one subject), sorted by entities."""
     output_dir = Path(output_dir)
-    layout = layout or _layout(output_dir)
+    layout = layout or output_layout(output_dir)
     query = {"extension": [".nii", ".nii.gz"], "return_type": "object"}
     if subject:
         query["subject"] = subject.removeprefix("sub-")

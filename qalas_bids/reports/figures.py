@@ -6,8 +6,9 @@ nilearn, which places images by their affines (world coordinates).
 """
 from __future__ import annotations
 
+import multiprocessing
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -29,6 +30,46 @@ def _save(fig: Figure, path: Path) -> Path:
     FigureCanvasAgg(fig)
     fig.savefig(path, dpi=DPI, facecolor="white", bbox_inches="tight", pad_inches=0.05)
     return path
+
+
+class FigureBatch:
+    """Figures queued while a report is assembled, then drawn together.
+
+    With ``workers > 1`` they are drawn in that many processes forked from this one (the
+    arrays are shared by the fork, only the paths come back), otherwise one after the other.
+    ``add(func, path, *args)`` returns ``path`` at once; :meth:`draw` writes the files.
+    """
+
+    def __init__(self, workers: int = 1) -> None:
+        self.workers = max(1, int(workers))
+        self.jobs: list[tuple] = []
+
+    def add(self, func: Callable[..., Path], path: str | Path, *args, **kwargs) -> Path:
+        self.jobs.append((func, Path(path), args, kwargs))
+        return Path(path)
+
+    def draw(self) -> list[Path]:
+        global _PENDING
+        jobs, self.jobs = self.jobs, []
+        workers = min(self.workers, len(jobs))
+        if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+            return [func(path, *args, **kwargs) for func, path, args, kwargs in jobs]
+        from nilearn import plotting  # noqa: F401  (imported once, before the fork)
+
+        _PENDING = jobs
+        try:
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                return pool.map(_draw_pending, range(len(jobs)), chunksize=1)
+        finally:
+            _PENDING = []
+
+
+_PENDING: list[tuple] = []
+
+
+def _draw_pending(index: int) -> Path:
+    func, path, args, kwargs = _PENDING[index]
+    return func(path, *args, **kwargs)
 
 
 def canonical_data(img: nib.Nifti1Image) -> np.ndarray:
@@ -56,12 +97,14 @@ def mosaic(
     ``rows`` items: ``(title, data, cmap, vmin, vmax, units)``.
     """
     slices = slice_indices(mask, n_slices)
-    fig = Figure(figsize=(1.5 * len(slices) + 1.2, 1.7 * len(rows)))
-    grid = fig.add_gridspec(len(rows), 2, width_ratios=[len(slices), 0.08], wspace=0.02, hspace=0.15)
-    for r, (title, data, cmap, vmin, vmax, units) in enumerate(rows):
-        # One image per row: the slices side by side with a blank gap (one axes, not six).
-        gap = np.full((2, data.shape[1]), np.nan, dtype=np.float32)
-        strip = np.concatenate([part for z in slices for part in (data[:, :, z], gap)][:-1], axis=0)
+    # One image per row: the slices side by side with a blank gap (one axes, not six).
+    strips = [np.concatenate([part for z in slices for part in (
+        data[:, :, z], np.full((2, data.shape[1]), np.nan, dtype=np.float32))][:-1], axis=0)
+        for _, data, *_ in rows]
+    width = 1.55 * strips[0].shape[0] / strips[0].shape[1]  # inches at 1.55 in per row
+    fig = Figure(figsize=(width + 0.9, 1.75 * len(rows)))
+    grid = fig.add_gridspec(len(rows), 2, width_ratios=[width, 0.12], wspace=0.03, hspace=0.15)
+    for r, ((title, data, cmap, vmin, vmax, units), strip) in enumerate(zip(rows, strips)):
         ax = fig.add_subplot(grid[r, 0])
         image = ax.imshow(strip.T, origin="lower", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
         ax.set_axis_off()

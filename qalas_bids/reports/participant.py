@@ -91,7 +91,8 @@ def _tissue_html(loaded: LoadedRun) -> str:
             f"<p class='note'>{_e(loaded.tissue_source)}</p>")
 
 
-def _fit_flags_html(out_dir: Path, loaded: LoadedRun, background: nib.Nifti1Image) -> str:
+def _fit_flags_html(out_dir: Path, loaded: LoadedRun, background: nib.Nifti1Image,
+                    batch: figures.FigureBatch) -> str:
     """Overlay of voxels at a parameter bound / with a high residual, and the per-class table."""
     from ..qalas.bounds import at_bound
     from ..qalas.tissue import RESIDUAL_MAX
@@ -104,9 +105,9 @@ def _fit_flags_html(out_dir: Path, loaded: LoadedRun, background: nib.Nifti1Imag
     if loaded.residual is not None:
         flags = flags + 2 * (loaded.residual > RESIDUAL_MAX).astype(np.uint8)
     flags = np.where(head, flags, 0)
-    fig = figures.fit_flags(_figure_path(out_dir, run, "fitflags", "mask"), background,
-                            nib.Nifti1Image(flags.astype(np.float32), loaded.reference.affine),
-                            nib.Nifti1Image(head.astype(np.uint8), loaded.reference.affine))
+    fig = batch.add(figures.fit_flags, _figure_path(out_dir, run, "fitflags", "mask"), background,
+                    nib.Nifti1Image(flags.astype(np.float32), loaded.reference.affine),
+                    nib.Nifti1Image(head.astype(np.uint8), loaded.reference.affine))
     classes = ((run.sidecar.get("ParameterBounds") or {}).get("Classes")) or {}
     table = ""
     if classes:
@@ -142,7 +143,9 @@ def _b1_text(b1: object) -> str:
     return f"{b1.get('Kind', '')}: {b1.get('Reason') or files}"  # the reason names the files
 
 
-def _run_section(out_dir: Path, loaded: LoadedRun, bids_dir: Path | None, extra_warnings: Sequence[str]) -> str:
+def _run_section(out_dir: Path, loaded: LoadedRun, bids_dir: Path | None, extra_warnings: Sequence[str],
+                 batch: figures.FigureBatch) -> str:
+    """HTML of one run; its figures are queued on ``batch`` (the caller draws them)."""
     run, side = loaded.run, loaded.run.sidecar
     ras = lambda a: figures.canonical_data(nib.Nifti1Image(a.astype(np.float32), loaded.reference.affine))  # noqa: E731
     mask_ras = ras(loaded.mask.astype(np.float32)) > 0
@@ -173,28 +176,28 @@ def _run_section(out_dir: Path, loaded: LoadedRun, bids_dir: Path | None, extra_
             data = ras(loaded.maps[k])
             cmap, lo, hi = figures.display_range(k, data, mask_ras)
             rows.append((k[:-3], data, cmap, lo, hi, MAP_UNITS[k]))
-    fig = figures.mosaic(_figure_path(out_dir, run, "maps", "T1map"), rows, mask_ras)
+    fig = batch.add(figures.mosaic, _figure_path(out_dir, run, "maps", "T1map"), rows, mask_ras)
     parts.append("<h3 id='maps-" + _e(run.label) + "'>Quantitative maps</h3>" + _img(out_dir, fig, "T1, T2, PD, IE maps"))
 
     # Mask and B1
     background = _background(loaded, bids_dir)
     if run.mask is not None:
         head = read_image(run.head_mask) if run.head_mask is not None else None
-        fig = figures.mask_outline(_figure_path(out_dir, run, "brainmask", "mask"), background,
-                                   read_image(run.mask), head)
+        fig = batch.add(figures.mask_outline, _figure_path(out_dir, run, "brainmask", "mask"), background,
+                        read_image(run.mask), head)
         volumes = side.get("BrainMask") or {}
         note = (f"Brain {volumes['BrainVolumeMl']} ml, head {volumes['HeadVolumeMl']} ml. "
                 if "BrainVolumeMl" in volumes else "")
         parts.append("<h3>Masks</h3>" + _img(out_dir, fig, "mask outlines")
                      + f"<p class='note'>{note}Red: brain mask (tissue values, synthetic nulls). Blue: head "
                        "mask (the fitted voxels, scalp, skull and eyes included).</p>")
-        parts.append(_fit_flags_html(out_dir, loaded, background))
+        parts.append(_fit_flags_html(out_dir, loaded, background, batch))
     else:
         parts.append("<h3>Mask</h3><p class='note'>No brain mask was found in the derivatives.</p>")
     if run.b1 is not None:
         raw = _raw_b1(run, bids_dir)
-        fig = figures.b1_registration(_figure_path(out_dir, run, "b1reg", "TB1map"), background,
-                                      read_image(run.b1), raw)
+        fig = batch.add(figures.b1_registration, _figure_path(out_dir, run, "b1reg", "TB1map"), background,
+                        read_image(run.b1), raw)
         note = "" if raw is not None else ("<p class='note'>Raw B1 map not reachable (pass the BIDS directory) "
                                            "- only the resampled map is shown.</p>")
         parts.append("<h3>B1+ map (registration check)</h3>" + _img(out_dir, fig, "B1 over QALAS") + note)
@@ -213,14 +216,14 @@ def _run_section(out_dir: Path, loaded: LoadedRun, bids_dir: Path | None, extra_
             hi = float(np.percentile(data[mask_ras], 95)) if mask_ras.any() else 1.0
             rows.append((f"CRLB {k[:-3]}", data, "inferno", 0.0, max(hi, 1e-9), MAP_UNITS[k]))
     if rows:
-        fig = figures.mosaic(_figure_path(out_dir, run, "uncertainty", "T1map"), rows, mask_ras)
+        fig = batch.add(figures.mosaic, _figure_path(out_dir, run, "uncertainty", "T1map"), rows, mask_ras)
         parts.append("<h3>Residual and uncertainty (CRLB standard deviation)</h3>" + _img(out_dir, fig, "residual and CRLB"))
     else:
         parts.append("<h3>Residual and uncertainty</h3><p class='note'>No residual or CRLB maps were written.</p>")
 
     # Tissues
-    fig = figures.tissue_histograms(_figure_path(out_dir, run, "histograms", "T1map"), loaded.maps,
-                                    loaded.labels, LABELS)
+    fig = batch.add(figures.tissue_histograms, _figure_path(out_dir, run, "histograms", "T1map"), loaded.maps,
+                    loaded.labels, LABELS)
     parts.append("<h3>Tissue values</h3>" + _tissue_html(loaded) + _img(out_dir, fig, "T1/T2 histograms"))
 
     # Synthetic contrasts
@@ -234,7 +237,7 @@ def _run_section(out_dir: Path, loaded: LoadedRun, bids_dir: Path | None, extra_
             rows.append((name, data, "gray", -hi if signed else 0.0, max(hi, 1e-6), "a.u."))
             captions.append({"contrast": name, "TR (s)": meta.get("RepetitionTime"), "TE (s)": meta.get("EchoTime"),
                              "TI (s)": meta.get("InversionTime", "-"), "equation": meta.get("Equation", "n/a")})
-        fig = figures.mosaic(_figure_path(out_dir, run, "synthetic", "T1w"), rows, mask_ras, n_slices=5)
+        fig = batch.add(figures.mosaic, _figure_path(out_dir, run, "synthetic", "T1w"), rows, mask_ras, n_slices=5)
         head = "".join(f"<th class='l'>{_e(k)}</th>" for k in captions[0])
         body = "".join("<tr>" + "".join(f"<td class='l'>{_e(v)}</td>" for v in c.values()) + "</tr>" for c in captions)
         parts.append("<h3>Synthetic contrasts</h3>" + _img(out_dir, fig, "synthetic contrasts")
@@ -245,7 +248,7 @@ def _run_section(out_dir: Path, loaded: LoadedRun, bids_dir: Path | None, extra_
     # Fit log and timing
     loss = info.get("LossHistory") or []
     if len(loss) > 1:
-        fig = figures.loss_curve(_figure_path(out_dir, run, "fitlog", "T1map"), loss)
+        fig = batch.add(figures.loss_curve, _figure_path(out_dir, run, "fitlog", "T1map"), loss)
         parts.append("<h3>Fit log</h3>" + _img(out_dir, fig, "training loss"))
     else:
         parts.append("<h3>Fit log</h3><p class='note'>No loss history (e.g. dictionary matching or pretrained "
@@ -284,27 +287,32 @@ def _crash_files(out_dir: Path, subject: str, run_uuid: str | None = None) -> st
 def make_participant_report(output_dir: str | Path, subject_label: str, *, bids_dir: str | Path | None = None,
                             derivatives_dir: str | Path | None = None,
                             warnings: Sequence[str] = (), run_uuid: str | None = None,
-                            loaded_runs: Mapping[str, LoadedRun] | None = None) -> Path:
+                            loaded_runs: Mapping[str, LoadedRun] | None = None, layout: Any = None,
+                            workers: int = 1) -> Path:
     """Write ``<output_dir>/sub-<label>.html`` (+ figures) from the derivatives on disk.
 
     ``bids_dir`` (optional) lets the report show the raw QALAS image and raw B1 map;
     ``warnings`` are extra messages (e.g. from the workflow log) listed with the sidecar ones;
     ``run_uuid`` limits the crash files shown to those of that invocation; ``loaded_runs``
     (label -> :class:`LoadedRun`, e.g. from the QC gate) are used instead of reading those
-    runs' maps again (their sidecars are still read from disk).
+    runs' maps again (their sidecars are still read from disk); ``layout`` is a pybids layout
+    of ``output_dir`` to reuse; ``workers`` processes draw the figures
+    (:class:`~.figures.FigureBatch`).
     """
     out_dir = Path(output_dir).absolute()
     subject = subject_label.removeprefix("sub-")
     bids_dir = Path(bids_dir).absolute() if bids_dir else None
-    runs = find_runs(out_dir, subject)
+    runs = find_runs(out_dir, subject, layout=layout)
     if not runs:
         raise QalasInputError(f"no T1 map of sub-{subject} in {out_dir}: nothing to report "
                               "(did the participant level finish?).")
     sections, nav = [], []
+    batch = figures.FigureBatch(workers)
     for run in runs:
         reuse = (loaded_runs or {}).get(run.label) if derivatives_dir is None else None
         loaded = dataclasses.replace(reuse, run=run) if reuse is not None else load_run(run, derivatives_dir)
-        sections.append(_run_section(out_dir, loaded, bids_dir, warnings))
+        sections.append(_run_section(out_dir, loaded, bids_dir, warnings, batch))
+        batch.draw()  # this run's figures, before the next run's maps are loaded
         nav.append((run.label, run.label))
     sections.append("<h2 id='methods'>Methods</h2>" + _methods_html(out_dir))
     sections.append("<h2 id='errors'>Errors</h2>" + _crash_files(out_dir, subject, run_uuid))

@@ -70,10 +70,11 @@ def mark_failed(output_dir: Path, label: str, reasons: list[str]) -> int:
 
 
 def apply_qc_gate(output_dir: str | Path, labels: Iterable[str], *, subject: str | None = None,
-                  loaded_runs: dict[str, Any] | None = None) -> dict[str, list[str]]:
+                  loaded_runs: dict[str, Any] | None = None, layout: Any = None) -> dict[str, list[str]]:
     """Check the runs ``labels`` (``sub-01_ses-01_run-1``) of ``output_dir``; mark failures.
 
-    ``subject`` limits the search to one participant. When ``loaded_runs`` is a dict, each
+    ``subject`` limits the search to one participant (``layout``: a pybids layout of
+    ``output_dir`` to reuse). When ``loaded_runs`` is a dict, each
     checked run's :class:`~.summaries.LoadedRun` is stored in it under its label, so the
     report can reuse the maps instead of reading them again.
     Returns ``{label: reasons}`` for the runs that failed.
@@ -81,7 +82,7 @@ def apply_qc_gate(output_dir: str | Path, labels: Iterable[str], *, subject: str
     output_dir = Path(output_dir)
     wanted = set(labels)
     failed = {}
-    for run in find_runs(output_dir, subject):
+    for run in find_runs(output_dir, subject, layout=layout):
         if run.label not in wanted:
             continue
         loaded = load_run(run)

@@ -8,7 +8,7 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ..interfaces.fit import FitQalas
-from ..interfaces.tissues import BrainTissues
+from ..interfaces.tissues import BrainMask, TissueSummary
 from ..qalas.b1map import B1_RANGE
 from ..qalas.timing import timing_from_metadata
 from ..utils.metadata import ALGORITHMS, raw_sources
@@ -112,16 +112,23 @@ def init_qalas_wf(*, run, settings, name: str | None = None):
         fit.inputs.save_model_path = str(settings.save_model_dir / model_filename(run.entities))
         fit.inputs.model_provenance = {"acquisition": acquisition_info(run.metadata), "label": run.label,
                                        "sources": raw_sources(run.qalas_files, settings.bids_dir)}
-    tissues = pe.Node(BrainTissues(), name="brain_tissues", mem_gb=1.0)
+    brain = pe.Node(BrainMask(), name="brain_mask", mem_gb=1.0)
+    # The tissue summary (sidecar) and the synthetic images both need only the brain mask:
+    # they run side by side.
+    tissues = pe.Node(TissueSummary(), name="tissue_summary", mem_gb=1.0)
     synth = init_synthetic_node(settings, sources=raw_sources(run.qalas_files, settings.bids_dir))
     sinks = init_datasink_wf(run=run, settings=settings, contrasts=bool(synth), b1=use_b1)
 
     workflow.connect([
         (inputnode, fit, [("qalas_file", "qalas_file"), ("mask_file", "mask_file")]),
+        (fit, brain, [("t1", "t1"), ("pd", "pd")]),
+        (inputnode, brain, [("mask_file", "head_mask")]),
         (fit, tissues, [("out_maps", "maps"), ("sidecar", "fit_sidecar")]),
+        (brain, tissues, [("brain_mask", "brain_mask"), ("info", "brain_info")]),
         (inputnode, tissues, [("mask_file", "head_mask")]),
         (fit, sinks, [("out_maps", "inputnode.maps")]),
-        (tissues, sinks, [("sidecar", "inputnode.fit_metadata"), ("brain_mask", "inputnode.mask")]),
+        (tissues, sinks, [("sidecar", "inputnode.fit_metadata")]),
+        (brain, sinks, [("brain_mask", "inputnode.mask")]),
         (inputnode, sinks, [("mask_file", "inputnode.head_mask")]),
         (fit, outputnode, [("t1", "t1"), ("t2", "t2"), ("pd", "pd"), ("ie", "ie")]),
         (inputnode, outputnode, [("mask_file", "mask")]),
@@ -137,7 +144,7 @@ def init_qalas_wf(*, run, settings, name: str | None = None):
         workflow.connect([
             (fit, synth, [("t1", "t1"), ("t2", "t2"), ("pd", "pd"), ("ie", "ie"), ("out_maps", "maps")]),
             (inputnode, synth, [("mask_file", "mask")]),
-            (tissues, synth, [("brain_mask", "brain_mask")]),
+            (brain, synth, [("brain_mask", "brain_mask")]),
             (synth, sinks, [("out_files", "inputnode.synth_files"),
                             ("out_names", "inputnode.synth_names"),
                             ("out_metadata", "inputnode.synth_metadata")]),
