@@ -39,11 +39,17 @@ N_OUTPUTS = 18
 
 
 class TreeMonitor:
-    """Samples the peak RSS (summed over the process tree) and GPU utilisation of a run."""
+    """Samples the peak memory of a run's process tree and the GPU utilisation.
+
+    Memory is the sum of PSS (proportional set size: a page shared by n processes counts
+    1/n in each, so forked workers are not counted twice), or of RSS where PSS cannot be
+    read; ``peak_rss_one`` is the largest single process.
+    """
 
     def __init__(self, pid: int, interval: float = 0.5) -> None:
         self.pid, self.interval = pid, interval
-        self.peak_rss = 0
+        self.peak_mem = 0
+        self.peak_rss_one = 0
         self.gpu_util: list[float] = []
         self.gpu_mem: list[float] = []
         self._stop = threading.Event()
@@ -65,13 +71,15 @@ class TreeMonitor:
             try:
                 root = psutil.Process(self.pid)
                 procs = [root, *root.children(recursive=True)]
-                rss = 0
+                total = 0
                 for proc in procs:
                     try:
-                        rss += proc.memory_info().rss
+                        info = proc.memory_full_info()
+                        total += getattr(info, "pss", info.rss)
+                        self.peak_rss_one = max(self.peak_rss_one, info.rss)
                     except psutil.Error:
                         pass
-                self.peak_rss = max(self.peak_rss, rss)
+                self.peak_mem = max(self.peak_mem, total)
             except psutil.Error:
                 pass
             if self._smi:
@@ -109,7 +117,8 @@ def run_cli(bids: Path, out: Path, work: Path, labels: list[str], mode: str, npr
     if proc.returncode != 0:
         raise RuntimeError(f"qalas-bids failed ({proc.returncode}):\n{stderr[-3000:]}")
     timing = json.loads(max((out / "logs").glob("timing-*.json"), key=lambda p: p.stat().st_mtime).read_text())
-    return {"wall_s": wall, "peak_rss_gib": monitor.peak_rss / 2**30,
+    return {"wall_s": wall, "peak_mem_gib": monitor.peak_mem / 2**30,
+            "peak_rss_one_process_gib": monitor.peak_rss_one / 2**30,
             "gpu_util_mean": statistics.fmean(monitor.gpu_util) if monitor.gpu_util else None,
             "gpu_util_max": max(monitor.gpu_util) if monitor.gpu_util else None,
             "gpu_mem_max_mib": max(monitor.gpu_mem) if monitor.gpu_mem else None,
@@ -192,8 +201,9 @@ def main(argv: list[str] | None = None) -> int:
             if single:
                 means = stage_means(single)
                 entry["single"] = {"wall_s": [r["wall_s"] for r in single],
-                                   "wall_s_mean": statistics.fmean(r["wall_s"] for r in single),
-                                   "peak_rss_gib_max": max(r["peak_rss_gib"] for r in single),
+                                   "wall_s_median": statistics.median(r["wall_s"] for r in single),
+                                   "peak_mem_gib_max": max(r["peak_mem_gib"] for r in single),
+                                   "peak_rss_one_gib_max": max(r["peak_rss_one_process_gib"] for r in single),
                                    "gpu_util_mean": single[0]["gpu_util_mean"], "stages_mean_s": means,
                                    "fit_s_mean": means.get("fit", float("nan"))}
             entry["voxels"] = fitted_voxels(tmp / f"out-{mode}-cohort", subjects[0])
@@ -210,18 +220,21 @@ def print_tables(results: dict) -> None:
     print(f"\nqalas-bids throughput: {results['anatomy']} at {results['resolution_mm']:g} mm, device "
           f"{results.get('device')}, --nprocs {results['nprocs']} ({results['cpu_count']} CPUs)")
     print(f"I/O floor (read 5 inputs + write {N_OUTPUTS} outputs, same gzip, same process): {floor:.2f} s")
-    print("| fit mode | voxels | s/subject (single) | fit stage s | end-to-end / fit | end-to-end / I/O floor "
-          "| cohort subjects/h | peak RAM GiB | GPU util % |")
+    print("| fit mode | voxels | s/subject (single, median) | fit stage s | end-to-end / fit | end-to-end / I/O floor "
+          "| cohort subjects/h | peak memory GiB (PSS, all processes) | GPU util % |")
     print("|---|---|---|---|---|---|---|---|---|")
     for mode, entry in results["modes"].items():
         single, cohort = entry.get("single"), entry["cohort"]
-        wall = single["wall_s_mean"] if single else float("nan")
+        wall = single["wall_s_median"] if single else float("nan")
         fit = single["fit_s_mean"] if single else float("nan")
         util = cohort["gpu_util_mean"]
         print(f"| {mode} | {entry['voxels']:,} | {wall:.1f} | {fit:.1f} | {wall / fit:.2f} | {wall / floor:.1f} "
               f"| {cohort['subjects_per_hour']:.0f} ({cohort['subjects']} in {cohort['wall_s']:.0f} s) "
-              f"| {max(cohort['peak_rss_gib'], single['peak_rss_gib_max'] if single else 0):.2f} "
+              f"| {max(cohort['peak_mem_gib'], single['peak_mem_gib_max'] if single else 0):.2f} "
               f"| {'-' if util is None else f'{util:.0f}'} |")
+    largest = max(max(e["cohort"]["peak_rss_one_process_gib"], *(
+        [] if "single" not in e else [e["single"]["peak_rss_one_gib_max"]])) for e in results["modes"].values())
+    print(f"largest single process (RSS): {largest:.2f} GiB")
     for mode, entry in results["modes"].items():
         if "single" in entry:
             print(f"\nmean stage seconds, {mode} (one subject per call):")

@@ -162,3 +162,20 @@ def test_order_check_thread_is_quiet_but_other_threads_warn(caplog):
         worker.join()
     messages = [r.getMessage() for r in caplog.records]
     assert "B1 covers 90% of the head" in messages and "model trained for another timing" not in messages
+
+
+def test_fork_map_order_closures_and_errors():
+    from qalas_bids.qalas.errors import QalasInputError
+    from qalas_bids.utils.parallel import fork_map
+
+    big = np.arange(1_000_000, dtype=np.float64)  # shared by the fork, never pickled
+    assert fork_map(lambda i: float(big[i * 1000]), 5, workers=2) == [0.0, 1000.0, 2000.0, 3000.0, 4000.0]
+    assert fork_map(lambda i: i * i, 3, workers=1) == [0, 1, 4]
+
+    def fails_on_two(i):
+        if i == 2:
+            raise QalasInputError("sub-03: the QALAS volumes are not in readout order")
+        return i
+
+    with pytest.raises(QalasInputError, match="readout order"):
+        fork_map(fails_on_two, 4, workers=2)

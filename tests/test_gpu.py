@@ -85,7 +85,7 @@ def timing_row(case: str, out: Path, device_name: str) -> dict:
     row: dict = {"case": case, "device_name": device_name, "total": 0.0}
     names = {"device check": "device check", "preflight (validation, discovery)": "preflight",
              "input checks (read once: order, head mask, B1)": "input checks",
-             "workflow run (all nodes, wall)": "workflow", "boilerplate and reports": "reports"}
+             "workflow run (all nodes, wall)": "workflow", "boilerplate, QC gate and reports": "reports"}
     for stage in stages:
         if stage["scope"] == "invocation":
             row["total"] += stage["seconds"]

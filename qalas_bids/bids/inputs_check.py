@@ -106,6 +106,7 @@ def load_qalas_run(run: Any) -> tuple[np.ndarray, Any]:
     """
     files = [Path(f) for f in run.qalas_files]
     images = check_qalas_headers(files)
+
     def read(path: Path) -> np.ndarray:
         try:
             return read_array(path, dtype=np.float32)

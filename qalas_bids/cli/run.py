@@ -166,17 +166,22 @@ def prepare_inputs(settings: Settings, runs: list) -> list:
     read twice. Returns the runs with ``prepared`` set and the checks' warnings added.
     """
     from ..bids.inputs_check import check_run_inputs, write_run_inputs
+    from ..utils.parallel import fork_map
     from ..workflows.base import workflow_base_name
 
     folder = settings.work_dir / workflow_base_name(settings.version) / "inputs"
-    prepared = []
-    for run in runs:
+
+    def prepare(index: int):
+        run = runs[index]
         checked = check_run_inputs(run, use_b1=not settings.no_b1, flip_angle_override=settings.b1_flip_angle,
                                    min_coverage=settings.b1_min_coverage)
-        for warning in checked.warnings:
+        return write_run_inputs(checked, folder / run.label), checked.warnings
+
+    prepared = []
+    for run, (files, warnings) in zip(runs, fork_map(prepare, len(runs), settings.nprocs)):  # runs side by side
+        for warning in warnings:
             LOGGER.warning("%s: %s", run.label, warning)
-        files = write_run_inputs(checked, folder / run.label)
-        prepared.append(dataclasses.replace(run, warnings=run.warnings + checked.warnings, prepared=files))
+        prepared.append(dataclasses.replace(run, warnings=run.warnings + warnings, prepared=files))
     return prepared
 
 
@@ -189,7 +194,7 @@ def _subjects(settings: Settings, runs: list | None) -> list[str]:
 
 
 def write_reports(settings: Settings, subjects: list[str], loaded_runs: dict | None = None,
-                  layout=None) -> bool:
+                  layout=None, figure_workers: int | None = None) -> bool:
     """HTML report per participant (reads derivatives from disk, except the runs in
     ``loaded_runs``, label -> LoadedRun, already read by the QC gate). Returns success."""
     ok = True
@@ -202,7 +207,8 @@ def write_reports(settings: Settings, subjects: list[str], loaded_runs: dict | N
         try:
             path = make_participant_report(settings.output_dir, subject, bids_dir=settings.bids_dir,
                                            run_uuid=None if settings.reports_only else settings.run_uuid,
-                                           loaded_runs=loaded_runs, layout=layout, workers=settings.nprocs)
+                                           loaded_runs=loaded_runs, layout=layout,
+                                           workers=settings.nprocs if figure_workers is None else figure_workers)
             LOGGER.info("Report written: %s", path)
         except Exception as exc:  # a report problem must not hide the processing result
             LOGGER.error("report for sub-%s failed: %s: %s", subject, type(exc).__name__, exc)
@@ -296,7 +302,10 @@ def run_workflow(workflow, settings: Settings):
     # nilearn and pybids loaded that full collection took ~0.2 s (57 rounds, 10 s of a 1 mm
     # run). Objects alive now live as long as the process: freeze them out of collections.
     gc.freeze()
-    execgraph = workflow.run(plugin=settings.plugin, plugin_args=dict(settings.plugin_args))
+    try:
+        execgraph = workflow.run(plugin=settings.plugin, plugin_args=dict(settings.plugin_args))
+    finally:
+        gc.unfreeze()
     if settings.plugin == "SLURMGraph":
         from ..utils.slurm_wait import submitted_job_names, wait_for_slurm_jobs
 
@@ -373,25 +382,37 @@ def qc_gate(settings: Settings, runs: list, *, subject: str | None = None,
 
 def qc_and_reports(settings: Settings, runs: list, status: int) -> int:
     """Per participant: the QC gate (only after a successful workflow), then the report,
-    which reuses the maps the gate read. Returns the updated exit status."""
+    which reuses the maps the gate read. Participants run side by side in ``--nprocs``
+    processes (one participant: its figures do). Returns the updated exit status."""
     from ..reports.collect import output_layout
+    from ..utils.parallel import fork_map
 
     workflow_ok = status == EXIT_OK
-    try:
-        layout = output_layout(settings.output_dir)  # indexed once for the gate and every report
-    except Exception:  # no outputs at all: each step reports it below
-        layout = None
-    for subject in _subjects(settings, runs):
-        loaded: dict = {}
+    subjects = _subjects(settings, runs)
+    figure_workers = settings.nprocs if len(subjects) == 1 else 1
+
+    def one(index: int) -> tuple[int, bool, bool]:
+        """(QC verdict, QC crashed, report written) of one participant."""
+        subject, loaded = subjects[index], {}
+        try:
+            layout = output_layout(settings.output_dir)  # one index for the gate and the report
+        except Exception:  # no outputs at all: the report says so below
+            layout = None
+        verdict, crashed = EXIT_OK, False
         if workflow_ok:
             try:
                 verdict = qc_gate(settings, [r for r in runs if r.subject == subject], subject=subject,
                                   loaded_runs=loaded, layout=layout)
-                status = status or verdict
             except Exception as exc:  # a QC problem must not hide finished maps
                 LOGGER.error("post-fit QC of sub-%s could not run: %s: %s", subject, type(exc).__name__, exc)
-                status = EXIT_FAILURE
-        if not write_reports(settings, [subject], loaded_runs=loaded, layout=layout):
+                crashed = True
+        written = write_reports(settings, [subject], loaded_runs=loaded, layout=layout,
+                                figure_workers=figure_workers)
+        return verdict, crashed, written
+
+    for verdict, crashed, written in fork_map(one, len(subjects), settings.nprocs):
+        status = EXIT_FAILURE if crashed else status or verdict
+        if not written:
             status = status or EXIT_FAILURE
     return status
 
@@ -450,7 +471,7 @@ def run_participant(settings: Settings) -> int:
         finally:
             write_dataset_description(settings.output_dir, settings.bids_dir)
             write_bidsignore(settings.output_dir)
-        with clock.stage("boilerplate and reports"):
+        with clock.stage("boilerplate, QC gate and reports"):
             try:
                 write_boilerplate(settings, runs)
             except Exception as exc:

@@ -6,7 +6,6 @@ nilearn, which places images by their affines (world coordinates).
 """
 from __future__ import annotations
 
-import multiprocessing
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -49,27 +48,17 @@ class FigureBatch:
         return Path(path)
 
     def draw(self) -> list[Path]:
-        global _PENDING
+        from ..utils.parallel import fork_map
+
         jobs, self.jobs = self.jobs, []
-        workers = min(self.workers, len(jobs))
-        if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
-            return [func(path, *args, **kwargs) for func, path, args, kwargs in jobs]
-        from nilearn import plotting  # noqa: F401  (imported once, before the fork)
+        if self.workers > 1 and len(jobs) > 1:
+            from nilearn import plotting  # noqa: F401  (imported once, before the fork)
 
-        _PENDING = jobs
-        try:
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
-                return pool.map(_draw_pending, range(len(jobs)), chunksize=1)
-        finally:
-            _PENDING = []
+        def draw_one(index: int) -> Path:
+            func, path, args, kwargs = jobs[index]
+            return func(path, *args, **kwargs)
 
-
-_PENDING: list[tuple] = []
-
-
-def _draw_pending(index: int) -> Path:
-    func, path, args, kwargs = _PENDING[index]
-    return func(path, *args, **kwargs)
+        return fork_map(draw_one, len(jobs), self.workers)
 
 
 def canonical_data(img: nib.Nifti1Image) -> np.ndarray:
