@@ -16,7 +16,11 @@ pytestmark = pytest.mark.slow
 def test_ctrl_c_exits_130_with_one_line(small_bids, tmp_path):
     proc = subprocess.Popen([*CLI, str(small_bids), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work"),
                              "--nprocs", "2", "--skip-bids-validation", "--epochs", "300"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            # as in a terminal, even when the test runner ignores SIGINT (a
+                            # background job of a non-interactive shell does; the app then
+                            # keeps ignoring it, on purpose)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lock = tmp_path / "work" / "qalas_bids_0_1_wf" / ".sub-01.lock"
     deadline = time.monotonic() + 120
     while not lock.exists() and time.monotonic() < deadline and proc.poll() is None:

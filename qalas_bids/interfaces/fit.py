@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 
-import nibabel as nib
 import numpy as np
 from nipype.interfaces.base import (BaseInterfaceInputSpec, File, SimpleInterface,
                                     TraitedSpec, isdefined, traits)
@@ -13,8 +12,8 @@ from ..qalas.fit_volume import MAP_KEYS
 from ..qalas.fit_volume import METHODS as FIT_MODES
 from ..qalas.timing import SequenceTiming
 from ..utils.images import first_volume, image_like
-from ..utils.nifti_io import read_array, read_image, write_images
 from ..utils.metadata import fit_sidecar_metadata
+from ..utils.nifti_io import read_array, read_image, write_images
 
 
 
