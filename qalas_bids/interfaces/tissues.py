@@ -9,7 +9,7 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, SimpleInterfac
                                     traits)
 
 from ..utils.images import save_like
-from ..utils.nifti_io import map_threads, read_array
+from ..utils.nifti_io import read_array, read_arrays
 
 
 class _BrainMaskInputSpec(BaseInterfaceInputSpec):
@@ -33,7 +33,7 @@ class BrainMask(SimpleInterface):
         from ..qalas.brain_mask import brain_mask_from_maps
 
         ref = nib.load(self.inputs.t1)
-        t1, pd = map_threads(lambda path: read_array(path, dtype=np.float64), [self.inputs.t1, self.inputs.pd])
+        t1, pd = read_arrays([self.inputs.t1, self.inputs.pd], dtype=np.float64)
         head = read_array(self.inputs.head_mask, dtype=np.uint8) > 0
         brain, info = brain_mask_from_maps(t1, pd, head, ref.header.get_zooms()[:3])
         out = save_like(brain, ref, os.path.join(runtime.cwd, "brain_mask.nii.gz"), dtype=np.uint8)
@@ -66,7 +66,7 @@ class TissueSummary(SimpleInterface):
 
         needed = ("t1", "t2", "ie", "crlb_t1", "residual")
         paths = dict(zip(MAP_KEYS, self.inputs.maps))
-        maps = dict(zip(needed, map_threads(lambda key: read_array(paths[key], dtype=np.float64), needed)))
+        maps = dict(zip(needed, read_arrays([paths[key] for key in needed], dtype=np.float64)))
         brain = read_array(self.inputs.brain_mask, dtype=np.uint8) > 0
         head = read_array(self.inputs.head_mask, dtype=np.uint8) > 0
         summary, warnings = summarise_tissues(maps, brain, head)

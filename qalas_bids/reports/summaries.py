@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 from ..qalas.tissue import LABELS, classify_tissues, reliable_voxels
-from ..utils.nifti_io import map_threads, read_array
+from ..utils.nifti_io import read_array, read_arrays
 from .collect import MAP_SUFFIXES, RunDerivatives
 
 TISSUES = ("WM", "GM", "CSF")
@@ -81,8 +81,8 @@ def load_run(run: RunDerivatives, derivatives_dir: str | Path | None = None) -> 
     with ``derivatives_dir``, from the fMRIPrep/sMRIPrep ``dseg`` of the same subject/session.
     """
     reference = nib.load(str(run.maps["T1map"]))
-    maps = dict(zip(run.maps, map_threads(_load, list(run.maps.values()))))
-    crlb = dict(zip(run.crlb, map_threads(_load, list(run.crlb.values()))))
+    maps = dict(zip(run.maps, read_arrays(run.maps.values(), dtype=np.float64)))
+    crlb = dict(zip(run.crlb, read_arrays(run.crlb.values(), dtype=np.float64)))
     residual = _load(run.residual) if run.residual else None
     mask = _load(run.mask) > 0 if run.mask else maps["T1map"] > 0
     head = _load(run.head_mask) > 0 if run.head_mask else None

@@ -57,6 +57,11 @@ def read_array(path: str | Path, dtype=np.float32) -> np.ndarray:
     return np.asarray(read_image(path).dataobj, dtype=dtype)
 
 
+def read_arrays(paths: Sequence[str | Path], dtype=np.float32) -> list[np.ndarray]:
+    """:func:`read_array` of several files at once (gzip inflation in parallel threads)."""
+    return map_threads(lambda path: read_array(path, dtype=dtype), list(paths))
+
+
 def write_image(img: nib.spatialimages.SpatialImage, path: str | Path) -> str:
     """Write ``img`` to ``path`` (``.nii`` or ``.nii.gz``, ISA-L gzip); returns the absolute path."""
     path = Path(path)
