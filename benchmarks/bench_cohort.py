@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qalas_bids.qalas.phantom import make_digital_brain
-from qalas_bids.qalas.ssl import fit_ssl
+from qalas_bids.qalas.phantom.digital_brain import make_digital_brain
+from qalas_bids.qalas.fitting.ssl import fit_ssl
 
 KEYS = ("t1", "t2", "pd", "ie")
 

@@ -20,11 +20,11 @@ import time
 import numpy as np
 import torch
 
-from qalas_bids.qalas.device import resolve_device
-from qalas_bids.qalas.dictionary import fit_dictionary
-from qalas_bids.qalas.results import PARAMETERS
-from qalas_bids.qalas.signal_model import qalas_magnitude
-from qalas_bids.qalas.timing import PRESETS
+from qalas_bids.qalas.fitting.device import resolve_device
+from qalas_bids.qalas.fitting.dictionary import fit_dictionary
+from qalas_bids.qalas.fitting.results import PARAMETERS
+from qalas_bids.qalas.physics.signal_model import qalas_magnitude
+from qalas_bids.qalas.physics.timing import PRESETS
 
 TISSUES = ("WM", "GM", "CSF")
 
@@ -84,7 +84,7 @@ def run(resolution: float, snrs: list[float], device: str, brute_sample: int, sy
         brain = _synthetic_brain(synthetic, snrs[0])
         resolution = float("nan")
     else:
-        from qalas_bids.qalas.phantom import make_digital_brain
+        from qalas_bids.qalas.phantom.digital_brain import make_digital_brain
         brain = make_digital_brain(resolution=resolution, snr=snrs[0], seed=0)
     mask = brain.brain_mask
     print(f"\n## {'Synthetic tissue voxels' if synthetic else 'Digital brain'} {resolution:g} mm: grid {brain.shape}, {int(mask.sum())} brain voxels "

@@ -24,18 +24,18 @@ import time
 import numpy as np
 import torch
 
-from qalas_bids.qalas.fit_volume import fit_volume
-from qalas_bids.qalas.phantom import make_digital_brain
+from qalas_bids.qalas.fitting.fit_volume import fit_volume
+from qalas_bids.qalas.phantom.digital_brain import make_digital_brain
 
 PARAMS = ("t1", "t2", "pd", "ie")
 TISSUES = ("WM", "GM", "CSF")
 
 
 def crlb_at_truth(t1, t2, pd, ie, b1, timing, sigma) -> dict[str, np.ndarray]:
-    """CRLB std at the true parameters (qalas_bids.qalas.uncertainty; a small autograd
+    """CRLB std at the true parameters (qalas_bids.qalas.fitting.uncertainty; a small autograd
     fallback while that module is missing)."""
     try:
-        from qalas_bids.qalas.uncertainty import crlb_std
+        from qalas_bids.qalas.fitting.uncertainty import crlb_std
     except ImportError:
         crlb_std = _crlb_fallback
     if crlb_std is _crlb_fallback:
@@ -44,7 +44,7 @@ def crlb_at_truth(t1, t2, pd, ie, b1, timing, sigma) -> dict[str, np.ndarray]:
 
 
 def _crlb_fallback(t1, t2, pd, ie, b1, timing, sigma):
-    from qalas_bids.qalas.signal_model import qalas_magnitude
+    from qalas_bids.qalas.physics.signal_model import qalas_magnitude
     p = torch.tensor(np.stack([t1, t2, pd, ie], 1), dtype=torch.float64, requires_grad=True)
     out = qalas_magnitude(p[:, 0], p[:, 1], p[:, 2], p[:, 3], torch.as_tensor(b1, dtype=torch.float64), timing)
     jac = torch.stack([torch.autograd.grad(out[:, k].sum(), p, retain_graph=True)[0] for k in range(5)], 1)

@@ -96,7 +96,7 @@ class TreeMonitor:
 
 
 def make_dataset(root: Path, subjects: list[str], resolution: float, anatomy: str, snr: float) -> None:
-    from qalas_bids.qalas.demo_dataset import write_demo_dataset
+    from qalas_bids.demo.dataset import write_demo_dataset
 
     write_demo_dataset(root, subjects=subjects, sessions=("01",), runs=(1,), resolution=resolution,
                        snr=snr, seed=3, anatomy=anatomy)

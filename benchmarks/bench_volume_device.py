@@ -6,7 +6,7 @@ Two steps:
    voxels compactly (float16 signals, packed mask) in an ``.npz`` small enough to copy.
 2. ``run`` (on the target machine, needs only numpy/scipy/torch): rebuild the 4D volume
    (Rayleigh noise of the stored sigma outside the head, as in the phantom), call
-   :func:`qalas_bids.qalas.fit_volume.fit_volume` for each mode with uncertainty on, and
+   :func:`qalas_bids.qalas.fitting.fit_volume.fit_volume` for each mode with uncertainty on, and
    print wall time, time ratio to the dictionary baseline (run in the same process), and
    per-tissue median relative error (bias) and NRMSE vs the ground truth.
 
@@ -25,7 +25,7 @@ TISSUES = {"WM": 3, "GM": 2, "CSF": 1}
 
 
 def export(path: str, resolution: float, snr: float, seed: int) -> None:
-    from qalas_bids.qalas.phantom import make_digital_brain
+    from qalas_bids.qalas.phantom.digital_brain import make_digital_brain
 
     brain = make_digital_brain(resolution=resolution, snr=snr, seed=seed)
     mask = brain.brain_mask
@@ -43,8 +43,8 @@ def export(path: str, resolution: float, snr: float, seed: int) -> None:
 
 def run(path: str, device: str, modes: list[str], seed: int, uncertainty: bool = True,
         refine_steps: int | None = None) -> None:
-    from qalas_bids.qalas.fit_volume import fit_volume
-    from qalas_bids.qalas.timing import PRESETS
+    from qalas_bids.qalas.fitting.fit_volume import fit_volume
+    from qalas_bids.qalas.physics.timing import PRESETS
 
     d = np.load(path)
     shape = tuple(int(s) for s in d["shape"])

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .qalas.b1map import DEFAULT_MIN_COVERAGE
+from .qalas.b1.prepare import DEFAULT_MIN_COVERAGE
 
 
 def new_run_uuid() -> str:

@@ -13,11 +13,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from qalas_bids.qalas.b1_identifiability import b1_information, field_crlb
-from qalas_bids.qalas.phantom import TISSUE_PARAMETERS, make_digital_brain
-from qalas_bids.qalas.signal_model import qalas_magnitude
-from qalas_bids.qalas.ssl import refine_least_squares
-from qalas_bids.qalas.timing import SequenceTiming
+from qalas_bids.qalas.b1.identifiability import b1_information, field_crlb
+from qalas_bids.qalas.phantom.digital_brain import TISSUE_PARAMETERS, make_digital_brain
+from qalas_bids.qalas.physics.signal_model import qalas_magnitude
+from qalas_bids.qalas.fitting.ssl import refine_least_squares
+from qalas_bids.qalas.physics.timing import SequenceTiming
 
 CASES = {"all four free": (0, 1, 2, 3), "IE known": (0, 1, 2), "T1 known": (1, 2, 3)}
 

@@ -32,12 +32,12 @@ from pathlib import Path
 import torch
 
 from qalas_bids import __version__
-from qalas_bids.qalas.bounds import T1_RANGE_S, T2_RANGE_S
-from qalas_bids.qalas.network import NetworkConfig, QalasNet, network_inputs
-from qalas_bids.qalas.pretrained import save_model
-from qalas_bids.qalas.signal_model import qalas_magnitude
-from qalas_bids.qalas.ssl import SCALE_PERCENTILE
-from qalas_bids.qalas.timing import get_preset
+from qalas_bids.qalas.physics.bounds import T1_RANGE_S, T2_RANGE_S
+from qalas_bids.qalas.fitting.network import NetworkConfig, QalasNet, network_inputs
+from qalas_bids.qalas.fitting.pretrained import save_model
+from qalas_bids.qalas.physics.signal_model import qalas_magnitude
+from qalas_bids.qalas.fitting.ssl import SCALE_PERCENTILE
+from qalas_bids.qalas.physics.timing import get_preset
 
 RANGES = {"t1": (0.2, T1_RANGE_S[1]), "t2": (0.02, T2_RANGE_S[1]), "ie": (0.5, 1.0), "b1": (0.65, 1.35),
           "pd_over_scale": (3.0, 50.0), "snr": (20.0, 200.0)}

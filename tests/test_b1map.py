@@ -3,8 +3,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from qalas_bids.qalas.b1map import (B1_RANGE, b1_in_qalas_space, clip_b1, mask_b1,
-                                    relative_b1_from_famp, resample_b1_to_qalas)
+from qalas_bids.qalas.b1.kinds import relative_b1_from_famp
+from qalas_bids.qalas.b1.prepare import B1_RANGE, b1_in_qalas_space, clip_b1, mask_b1
+from qalas_bids.qalas.spaces.resample import resample_b1_to_qalas
 from qalas_bids.qalas.errors import QalasInputError
 
 

@@ -277,7 +277,7 @@ def test_missing_manufacturer_names_vendor_preset(fake):
 
 @pytest.mark.slow
 def test_demo_dataset_is_discovered(tmp_path):
-    from qalas_bids.qalas.demo_dataset import write_demo_dataset
+    from qalas_bids.demo.dataset import write_demo_dataset
 
     root = Path(write_demo_dataset(tmp_path / "demo", runs=(1, 2), resolution=4.0))
     runs = collect_qalas_runs(root)

@@ -39,8 +39,8 @@ def test_defaults(bids, tmp_path):
 
 
 def test_noise_floor_correction_can_be_turned_off(bids, tmp_path):
-    from qalas_bids.qalas.fit_volume import fit_volume
-    from qalas_bids.qalas.phantom import make_digital_brain
+    from qalas_bids.qalas.fitting.fit_volume import fit_volume
+    from qalas_bids.qalas.phantom.digital_brain import make_digital_brain
 
     settings = Settings.from_namespace(parse_args([str(bids), str(tmp_path / "out"), "participant",
                                                    "--no-noise-floor-correction"]))

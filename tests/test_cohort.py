@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from qalas_bids.qalas.cohort import (CohortScan, annotate_model, check_model_compatibility,
+from qalas_bids.qalas.fitting.cohort import (CohortScan, annotate_model, check_model_compatibility,
                                      group_by_scanner, model_filename, read_model, scanner_key,
                                      train_cohort_model)
 from qalas_bids.qalas.errors import QalasInputError
-from qalas_bids.qalas.phantom import make_digital_brain, simulate_tissue_voxels
-from qalas_bids.qalas.ssl import fit_ssl
-from qalas_bids.qalas.timing import SequenceTiming
+from qalas_bids.qalas.phantom.digital_brain import make_digital_brain, simulate_tissue_voxels
+from qalas_bids.qalas.fitting.ssl import fit_ssl
+from qalas_bids.qalas.physics.timing import SequenceTiming
 
 N_SLICES = 4
 EPOCHS = 40

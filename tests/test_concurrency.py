@@ -26,7 +26,7 @@ OPTIONS = ["--fit-mode", "pretrained", "--nprocs", "1", "--skip-bids-validation"
 
 @pytest.fixture(scope="module")
 def four_subjects(tmp_path_factory) -> Path:
-    from qalas_bids.qalas.demo_dataset import write_demo_dataset
+    from qalas_bids.demo.dataset import write_demo_dataset
 
     root = tmp_path_factory.mktemp("concurrent") / "bids"
     write_demo_dataset(root, subjects=SUBJECTS, sessions=(), runs=(), snr=60)

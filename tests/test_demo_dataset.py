@@ -12,10 +12,10 @@ from nilearn.image import resample_to_img
 from scipy import ndimage
 
 from qalas_bids.cli import demo_accuracy, demo_data
-from qalas_bids.qalas.demo_dataset import GAIN, INVERSION_TIMES, write_demo_dataset
+from qalas_bids.demo.dataset import GAIN, INVERSION_TIMES, write_demo_dataset
 from qalas_bids.qalas.errors import QalasInputError
-from qalas_bids.qalas.phantom import make_digital_brain
-from qalas_bids.qalas.timing import get_preset, timing_from_metadata
+from qalas_bids.qalas.phantom.digital_brain import make_digital_brain
+from qalas_bids.qalas.physics.timing import get_preset, timing_from_metadata
 
 VALIDATOR = Path(sys.executable).with_name("bids-validator-deno")
 ANAT = "sub-01/ses-01/anat"

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from qalas_bids.qalas.dictionary import (DictionaryGrid, build_dictionary, fit_dictionary,
+from qalas_bids.qalas.fitting.dictionary import (DictionaryGrid, build_dictionary, fit_dictionary,
                                          paper_grid)
 from qalas_bids.qalas.errors import QalasInputError
-from qalas_bids.qalas.results import FitResult
-from qalas_bids.qalas.signal_model import qalas_magnitude
-from qalas_bids.qalas.timing import PRESETS
+from qalas_bids.qalas.fitting.results import FitResult
+from qalas_bids.qalas.physics.signal_model import qalas_magnitude
+from qalas_bids.qalas.physics.timing import PRESETS
 
 SIEMENS = PRESETS["siemens"]
 GRID = paper_grid()

@@ -64,7 +64,7 @@ def clone_subject(bids: Path, src: str, dst: str) -> None:
 @pytest.fixture(scope="session")
 def demo_bids(tmp_path_factory) -> Path:
     """sub-01 and sub-02, two sessions x two runs each, cropped (never modified by tests)."""
-    from qalas_bids.qalas.demo_dataset import write_demo_dataset
+    from qalas_bids.demo.dataset import write_demo_dataset
 
     root = tmp_path_factory.mktemp("demo") / "bids"
     write_demo_dataset(root, subjects=("01",), sessions=("01", "02"), runs=(1, 2), snr=60)

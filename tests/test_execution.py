@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from qalas_bids.cli import run as cli_run
+from qalas_bids.execution import prework as cli_run
 from qalas_bids.config import Settings
-from qalas_bids.qalas import device as device_mod
-from qalas_bids.qalas import progress
-from qalas_bids.qalas.device import DeviceInfo, probe_device
+from qalas_bids.qalas.fitting import device as device_mod
+from qalas_bids.qalas.fitting import progress
+from qalas_bids.qalas.fitting.device import DeviceInfo, probe_device
 from qalas_bids.qalas.errors import DeviceError
 from qalas_bids.utils.slurm_wait import submitted_job_names, wait_for_slurm_jobs
-from qalas_bids.utils.stage_timing import StageClock, StageTime, format_table, read_timing_json, write_timing_json
+from qalas_bids.execution.stage_timing import StageClock, StageTime, format_table, read_timing_json, write_timing_json
 
 
 # ------------------------------------------------------------------- device check
@@ -127,8 +127,8 @@ def test_fit_core_reports_its_phases():
     """A real (tiny) fit moves through the named phases while a reporter is active."""
     import numpy as np
 
-    from qalas_bids.qalas.fit_volume import fit_volume
-    from qalas_bids.qalas.timing import get_preset
+    from qalas_bids.qalas.fitting.fit_volume import fit_volume
+    from qalas_bids.qalas.physics.timing import get_preset
 
     rng = np.random.default_rng(0)
     data = rng.uniform(0.5, 1.0, (6, 6, 2, 5)).astype(np.float32)

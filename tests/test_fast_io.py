@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from qalas_bids.qalas.b1map import field_of_view_mask, resample_b1_to_qalas
-from qalas_bids.qalas.masking import bounding_box
-from qalas_bids.qalas.uncertainty import BACKGROUND_DILATION, _dilate
+from qalas_bids.qalas.spaces.resample import field_of_view_mask, resample_b1_to_qalas
+from qalas_bids.qalas.tissue.masking import bounding_box
+from qalas_bids.qalas.fitting.uncertainty import BACKGROUND_DILATION, _dilate
 from qalas_bids.utils.nifti_io import read_array, read_image, write_image, write_images
 
 
@@ -87,8 +87,8 @@ def test_inputs_are_read_once_and_written_for_the_workflow(tmp_path):
     """check_run_inputs does every data check; write_run_inputs gives the workflow's inputs."""
     from qalas_bids.bids import collect_qalas_runs
     from qalas_bids.bids.inputs_check import check_run_inputs, write_run_inputs
-    from qalas_bids.qalas.demo_dataset import write_demo_dataset
-    from qalas_bids.qalas.masking import compute_head_mask
+    from qalas_bids.demo.dataset import write_demo_dataset
+    from qalas_bids.qalas.tissue.masking import compute_head_mask
 
     root = tmp_path / "bids"
     write_demo_dataset(root, subjects=("01",), sessions=("01",), runs=(1,), snr=60, resolution=4.0)
@@ -111,8 +111,8 @@ def test_crlb_condition_shortcut_matches_eigenvalues_everywhere(monkeypatch):
     """Only voxels whose Frobenius bound exceeds the limit need eigenvalues: same result."""
     import torch
 
-    from qalas_bids.qalas import uncertainty
-    from qalas_bids.qalas.timing import get_preset
+    from qalas_bids.qalas.fitting import uncertainty
+    from qalas_bids.qalas.physics.timing import get_preset
 
     rng = np.random.default_rng(1)
     n = 20000
@@ -142,7 +142,7 @@ def test_order_check_thread_is_quiet_but_other_threads_warn(caplog):
     import logging
     import threading
 
-    from qalas_bids.qalas.plausibility import _quiet_single_threaded
+    from qalas_bids.qalas.fitting.readout_order import _quiet_single_threaded
 
     logger = logging.getLogger("qalas_bids")
     entered, release = threading.Event(), threading.Event()

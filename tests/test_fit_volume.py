@@ -1,13 +1,13 @@
-"""Tests of the volume-level fit (qalas_bids.qalas.fit_volume)."""
+"""Tests of the volume-level fit (qalas_bids.qalas.fitting.fit_volume)."""
 import json
 
 import numpy as np
 import pytest
 
 from qalas_bids.qalas.errors import QalasInputError
-from qalas_bids.qalas.fit_volume import MAP_KEYS, fit_volume, mask_neighbors, validate_volume
-from qalas_bids.qalas.phantom import simulate_tissue_voxels
-from qalas_bids.qalas.timing import SequenceTiming
+from qalas_bids.qalas.fitting.fit_volume import MAP_KEYS, fit_volume, mask_neighbors, validate_volume
+from qalas_bids.qalas.phantom.digital_brain import simulate_tissue_voxels
+from qalas_bids.qalas.physics.timing import SequenceTiming
 
 TIMING = SequenceTiming()
 SSL_FAST = {"epochs": 15, "batch_size": 128}
@@ -90,7 +90,7 @@ def test_tv_option_runs():
 
 
 def test_uncertainty_maps():
-    pytest.importorskip("qalas_bids.qalas.uncertainty")
+    pytest.importorskip("qalas_bids.qalas.fitting.uncertainty")
     vol, b1, mask, truth, labels = _volume(snr=80)
     fit = fit_volume(vol, b1, mask, TIMING, device="cpu", progress=False, ssl_options=SSL_FAST)
     assert fit.info["noise_sigma"] > 0 and fit.info["noise_sigma_method"]

@@ -22,7 +22,7 @@ import pytest
 
 from conftest import crop_slab, gpu_tier_device, tissue_bias
 from qalas_bids.cli.demo_accuracy import _tissue_masks
-from qalas_bids.qalas.fit_volume import METHODS
+from qalas_bids.qalas.fitting.fit_volume import METHODS
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
@@ -53,7 +53,7 @@ def device_name(tier_device) -> str:
 @pytest.fixture(scope="session")
 def demo_datasets(tmp_path_factory, tier_device):
     """``make(resolution, runs)`` -> a demo BIDS root (cached; cropped for a CPU dry run)."""
-    from qalas_bids.qalas.demo_dataset import write_demo_dataset
+    from qalas_bids.demo.dataset import write_demo_dataset
 
     cache: dict = {}
 
@@ -162,7 +162,7 @@ def test_missing_gpu_index_is_a_usage_error(demo_datasets, tier_device, tmp_path
 
 def _volume_inputs(bids: Path):
     """QALAS 4D, ground-truth brain mask and B1 (QALAS space) of sub-01 run-1."""
-    from qalas_bids.qalas.timing import get_preset
+    from qalas_bids.qalas.physics.timing import get_preset
 
     anat = bids / "sub-01" / "anat"
     qalas = np.stack([np.asarray(nib.load(anat / f"sub-01_run-1_inv-{k}_QALAS.nii.gz").dataobj, dtype=np.float32)
@@ -177,7 +177,7 @@ def _volume_inputs(bids: Path):
 @pytest.mark.parametrize("mode", METHODS)
 def test_cpu_and_gpu_fits_agree(mode, demo_datasets, tier_device):
     """Median |relative difference| CPU vs GPU < 0.5 % in WM and GM, for all four maps."""
-    from qalas_bids.qalas.fit_volume import fit_volume
+    from qalas_bids.qalas.fitting.fit_volume import fit_volume
 
     qalas, masks, b1, timing = _volume_inputs(demo_datasets(2.0))
     fits = {dev: fit_volume(qalas, b1, masks["brain"], timing, method=mode, device=dev, seed=0,
@@ -193,8 +193,8 @@ def test_cpu_and_gpu_fits_agree(mode, demo_datasets, tier_device):
 
 
 def _voxels(n: int = 2000, seed: int = 3):
-    from qalas_bids.qalas.signal_model import qalas_magnitude
-    from qalas_bids.qalas.timing import get_preset
+    from qalas_bids.qalas.physics.signal_model import qalas_magnitude
+    from qalas_bids.qalas.physics.timing import get_preset
 
     import torch
 
@@ -211,9 +211,9 @@ def test_core_dictionary_ssl_refinement_crlb_on_device(tier_device):
     """Each core stage runs on the device and matches the CPU."""
     import torch
 
-    from qalas_bids.qalas.dictionary import fit_dictionary
-    from qalas_bids.qalas.ssl import fit_ssl, refine_least_squares
-    from qalas_bids.qalas.uncertainty import crlb_std
+    from qalas_bids.qalas.fitting.dictionary import fit_dictionary
+    from qalas_bids.qalas.fitting.ssl import fit_ssl, refine_least_squares
+    from qalas_bids.qalas.fitting.uncertainty import crlb_std
 
     mags, truth, b1, timing = _voxels()
     dct = {d: fit_dictionary(mags, b1, timing, device=d, progress=False) for d in ("cpu", tier_device)}

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from qalas_bids.qalas.errors import QalasInputError
-from qalas_bids.reports.fake import write_fake_derivatives
+from qalas_bids.testing.fake_derivatives import write_fake_derivatives
 from qalas_bids.reports.group import TSV_NAME, run_group_level
 
 

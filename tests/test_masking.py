@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from qalas_bids.qalas.errors import QalasInputError
-from qalas_bids.qalas.masking import compute_head_mask
-from qalas_bids.qalas.phantom import make_digital_brain
+from qalas_bids.qalas.tissue.masking import compute_head_mask
+from qalas_bids.qalas.phantom.digital_brain import make_digital_brain
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ N_SLICES = 4
 
 @pytest.fixture(scope="module")
 def bids(tmp_path_factory) -> Path:
-    from qalas_bids.qalas.demo_dataset import write_demo_dataset
+    from qalas_bids.demo.dataset import write_demo_dataset
 
     root = tmp_path_factory.mktemp("demo") / "bids"
     write_demo_dataset(root, subjects=("01",), sessions=("01",), runs=(1,), resolution=3.0, snr=60)
@@ -55,8 +55,8 @@ def test_save_model_then_reuse_and_refuse(bids, tmp_path, capsys):
                            "--save-model", str(models)], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     saved = models / "sub-01_ses-01_run-1_desc-ssl_model.pt"
-    from qalas_bids.qalas.cohort import read_model
-    from qalas_bids.qalas.pretrained import file_sha256
+    from qalas_bids.qalas.fitting.cohort import read_model
+    from qalas_bids.qalas.fitting.pretrained import file_sha256
 
     _, config = read_model(saved)
     assert config["acquisition"]["MagneticFieldStrength"] == 3
@@ -75,7 +75,7 @@ def test_save_model_then_reuse_and_refuse(bids, tmp_path, capsys):
 
     # a model trained for another field strength is refused before any work (exit 2) ...
     from qalas_bids.cli.run import main
-    from qalas_bids.qalas.cohort import annotate_model
+    from qalas_bids.qalas.fitting.cohort import annotate_model
 
     other = tmp_path / "other.pt"
     shutil.copy(saved, other)

@@ -1,11 +1,11 @@
-"""Tests of the per-voxel SSL-QALAS network (qalas_bids.qalas.network)."""
+"""Tests of the per-voxel SSL-QALAS network (qalas_bids.qalas.fitting.network)."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from qalas_bids.qalas.network import (PD_MAX, NetworkConfig, QalasNet, count_parameters,
+from qalas_bids.qalas.fitting.network import (PD_MAX, NetworkConfig, QalasNet, count_parameters,
                                       network_inputs, robust_scale)
 
 

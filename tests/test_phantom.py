@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from qalas_bids.qalas.errors import QalasInputError
-from qalas_bids.qalas.phantom import (TISSUE_LABELS, TISSUE_PARAMETERS, add_rician_noise,
+from qalas_bids.qalas.phantom.digital_brain import (TISSUE_LABELS, TISSUE_PARAMETERS, add_rician_noise,
                                       make_digital_brain, simulate_tissue_voxels)
-from qalas_bids.qalas.signal_model import qalas_magnitude
-from qalas_bids.qalas.timing import get_preset
+from qalas_bids.qalas.physics.signal_model import qalas_magnitude
+from qalas_bids.qalas.physics.timing import get_preset
 
 
 @pytest.fixture(scope="module")

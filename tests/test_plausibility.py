@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from qalas_bids.qalas.plausibility import (IDENTITY, candidate_orders, check_readout_order,
+from qalas_bids.qalas.fitting.readout_order import (IDENTITY, candidate_orders, check_readout_order,
                                            sample_voxels)
-from qalas_bids.qalas.signal_model import qalas_magnitude
-from qalas_bids.qalas.timing import get_preset
+from qalas_bids.qalas.physics.signal_model import qalas_magnitude
+from qalas_bids.qalas.physics.timing import get_preset
 
 SIEMENS = get_preset("siemens")
 

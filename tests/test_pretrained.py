@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from qalas_bids.qalas.errors import QalasInputError
-from qalas_bids.qalas.network import NetworkConfig, QalasNet
-from qalas_bids.qalas.phantom import simulate_tissue_voxels
-from qalas_bids.qalas.pretrained import (MODEL_FORMAT, default_model_path, file_sha256, load_model,
+from qalas_bids.qalas.fitting.network import NetworkConfig, QalasNet
+from qalas_bids.qalas.phantom.digital_brain import simulate_tissue_voxels
+from qalas_bids.qalas.fitting.pretrained import (MODEL_FORMAT, default_model_path, file_sha256, load_model,
                                          save_model)
-from qalas_bids.qalas.ssl import fit_ssl
-from qalas_bids.qalas.timing import SequenceTiming, get_preset
+from qalas_bids.qalas.fitting.ssl import fit_ssl
+from qalas_bids.qalas.physics.timing import SequenceTiming, get_preset
 
 SIEMENS = get_preset("siemens")
 SHIFTED = SIEMENS.replace(esp=0.0052, gap=0.85, tr_cycle=4.4, t2p=0.08)  # another protocol

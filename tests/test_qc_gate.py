@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from qalas_bids.cli.run import EXIT_OK, qc_gate
-from qalas_bids.reports.fake import write_fake_derivatives
+from qalas_bids.execution.finish import EXIT_OK, qc_gate
+from qalas_bids.testing.fake_derivatives import write_fake_derivatives
 from qalas_bids.reports.qc_gate import EXIT_QC_FAILED, apply_qc_gate, qc_failures
 
 

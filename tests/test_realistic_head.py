@@ -19,15 +19,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qalas_bids.qalas.bounds import T1_RANGE_S, at_bound
-from qalas_bids.qalas.brain_mask import brain_mask_from_maps
-from qalas_bids.qalas.fit_volume import fit_volume
-from qalas_bids.qalas.head_anatomy import HEAD_LABELS
-from qalas_bids.qalas.masking import compute_head_mask
-from qalas_bids.qalas.phantom import TISSUE_LABELS, make_digital_brain
-from qalas_bids.qalas.synthetic import synthesize_all
-from qalas_bids.qalas.tissue import classify_tissues
-from qalas_bids.qalas.uncertainty import crlb_std
+from qalas_bids.qalas.physics.bounds import T1_RANGE_S, at_bound
+from qalas_bids.qalas.tissue.brain_mask import brain_mask_from_maps
+from qalas_bids.qalas.fitting.fit_volume import fit_volume
+from qalas_bids.qalas.phantom.head_anatomy import HEAD_LABELS
+from qalas_bids.qalas.tissue.masking import compute_head_mask
+from qalas_bids.qalas.phantom.digital_brain import TISSUE_LABELS, make_digital_brain
+from qalas_bids.qalas.tissue.synthetic import synthesize_all
+from qalas_bids.qalas.tissue.classes import classify_tissues
+from qalas_bids.qalas.fitting.uncertainty import crlb_std
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +138,7 @@ def test_every_fit_mode_on_the_realistic_head(head, method):
 
 
 def test_at_bound_flags_and_reliable_voxels():
-    from qalas_bids.qalas.tissue import reliable_voxels
+    from qalas_bids.qalas.tissue.classes import reliable_voxels
 
     t1 = np.array([0.8, 10.0, 4.0, 4.0, 9.99])
     t2 = np.array([0.07, 1.0, 5.0, 1.0, 1.0])

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qalas_bids.qalas.phantom import make_digital_brain
-from qalas_bids.qalas.repeatability import predicted_median_sd, voxelwise_rmse, within_subject_cov
+from qalas_bids.qalas.phantom.digital_brain import make_digital_brain
+from qalas_bids.qalas.tissue.repeatability import predicted_median_sd, voxelwise_rmse, within_subject_cov
 
 N_SLICES = 4
 
@@ -41,8 +41,8 @@ def two_fitted_runs():
     """Same digital subject (anatomy_seed 5), two scans with independent noise, fitted with
     the shipped pretrained network + per-voxel refinement (a near-ML estimator, so the
     CRLB at the true parameters is the per-voxel noise SD)."""
-    from qalas_bids.qalas.ssl import fit_ssl
-    from qalas_bids.qalas.uncertainty import crlb_std
+    from qalas_bids.qalas.fitting.ssl import fit_ssl
+    from qalas_bids.qalas.fitting.uncertainty import crlb_std
 
     runs = []
     for noise_seed in (11, 12, 11):
@@ -96,7 +96,7 @@ def test_identical_runs_give_zero(two_fitted_runs):
 
 
 def test_group_level_writes_repeatability(tmp_path):
-    from qalas_bids.reports.fake import write_fake_derivatives
+    from qalas_bids.testing.fake_derivatives import write_fake_derivatives
     from qalas_bids.reports.group import run_group_level
 
     out = tmp_path / "out"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from qalas_bids.qalas.errors import QalasInputError
-from qalas_bids.reports.fake import write_fake_derivatives
+from qalas_bids.testing.fake_derivatives import write_fake_derivatives
 from qalas_bids.reports.participant import make_participant_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -90,7 +90,7 @@ def test_every_image_loads_in_headless_chromium(output_dir, report, tmp_path):
 
 
 def test_report_lists_only_the_crash_files_of_its_own_run(tmp_path):
-    from qalas_bids.reports.fake import write_fake_derivatives
+    from qalas_bids.testing.fake_derivatives import write_fake_derivatives
     from qalas_bids.reports.participant import make_participant_report
 
     out = tmp_path / "out"

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from qalas_bids.qalas.signal_model import qalas_magnitude, qalas_signal, qalas_signal_repeated
-from qalas_bids.qalas.timing import PRESETS
+from qalas_bids.qalas.physics.signal_model import qalas_magnitude, qalas_signal, qalas_signal_repeated
+from qalas_bids.qalas.physics.timing import PRESETS
 
 SIEMENS = PRESETS["siemens"]
 F64 = torch.float64
@@ -140,7 +140,7 @@ def test_float32_close_to_float64():
 
 
 def test_voxelwise_jacobian_matches_finite_differences():
-    from qalas_bids.qalas.signal_model import voxelwise_jacobian
+    from qalas_bids.qalas.physics.signal_model import voxelwise_jacobian
 
     params = torch.tensor([[0.85, 0.075, 0.7, 0.9], [1.35, 0.095, 0.8, 0.85], [4.2, 1.8, 1.0, 0.98]],
                           dtype=F64)

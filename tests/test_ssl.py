@@ -1,14 +1,14 @@
-"""Tests of SSL-QALAS training and fitting (qalas_bids.qalas.ssl)."""
+"""Tests of SSL-QALAS training and fitting (qalas_bids.qalas.fitting.ssl)."""
 import numpy as np
 import pytest
 import torch
 
 from qalas_bids.qalas.errors import QalasInputError
-from qalas_bids.qalas.network import QalasNet, network_inputs
-from qalas_bids.qalas.phantom import simulate_tissue_voxels
-from qalas_bids.qalas.signal_model import qalas_magnitude
-from qalas_bids.qalas.ssl import fit_ssl, model_magnitudes, train_network
-from qalas_bids.qalas.timing import SequenceTiming
+from qalas_bids.qalas.fitting.network import QalasNet, network_inputs
+from qalas_bids.qalas.phantom.digital_brain import simulate_tissue_voxels
+from qalas_bids.qalas.physics.signal_model import qalas_magnitude
+from qalas_bids.qalas.fitting.ssl import fit_ssl, model_magnitudes, train_network
+from qalas_bids.qalas.physics.timing import SequenceTiming
 
 TIMING = SequenceTiming()
 WM, GM, CSF = 3, 2, 1

@@ -4,10 +4,10 @@ import math
 import numpy as np
 import pytest
 
-from qalas_bids.qalas import phantom as phantom_module
+from qalas_bids.qalas.phantom import digital_brain as phantom_module
 from qalas_bids.qalas.errors import QalasInputError
-from qalas_bids.qalas.phantom import make_digital_brain
-from qalas_bids.qalas.synthetic import (
+from qalas_bids.qalas.phantom.digital_brain import make_digital_brain
+from qalas_bids.qalas.tissue.synthetic import (
     CONTRASTS,
     inversion_recovery_mz,
     null_inversion_times,
@@ -182,7 +182,7 @@ def test_nipype_interface_writes_files_in_order(tmp_path, brain):
 def test_dir_solver_with_implausible_t1_never_raises_a_raw_valueerror():
     """WM T1 of 1.5 ms (wrong maps) used to start the solver outside its bounds."""
     from qalas_bids.qalas.errors import QalasInputError
-    from qalas_bids.qalas.synthetic import null_inversion_times
+    from qalas_bids.qalas.tissue.synthetic import null_inversion_times
 
     for t1s in ([4.0, 0.0015], [0.0005, 0.0002], [50.0, 0.85]):
         try:

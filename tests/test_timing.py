@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from qalas_bids.qalas.timing import (PRESETS, SequenceTiming, TimingError, get_preset,
+from qalas_bids.qalas.physics.timing import (PRESETS, SequenceTiming, TimingError, get_preset,
                                      timing_from_metadata, vendor_key)
 
 

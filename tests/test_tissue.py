@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from qalas_bids.qalas.errors import QalasInputError
-from qalas_bids.qalas.phantom import make_digital_brain
-from qalas_bids.qalas.tissue import LABELS, classify_tissues, density_mode
+from qalas_bids.qalas.phantom.digital_brain import make_digital_brain
+from qalas_bids.qalas.tissue.classes import LABELS, classify_tissues, density_mode
 
 
 @pytest.fixture(scope="module")

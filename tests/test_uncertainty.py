@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from qalas_bids.qalas.errors import QalasInputError
-from qalas_bids.qalas.signal_model import qalas_magnitude
-from qalas_bids.qalas.timing import PRESETS
-from qalas_bids.qalas.uncertainty import (CRLB_CAP, RESIDUAL_CAP, crlb_std, estimate_noise_sigma,
+from qalas_bids.qalas.physics.signal_model import qalas_magnitude
+from qalas_bids.qalas.physics.timing import PRESETS
+from qalas_bids.qalas.fitting.uncertainty import (CRLB_CAP, RESIDUAL_CAP, crlb_std, estimate_noise_sigma,
                                           relative_residual)
 
 SIEMENS = PRESETS["siemens"]

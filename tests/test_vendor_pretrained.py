@@ -16,7 +16,7 @@ BIAS_LIMIT = 0.005
 
 @pytest.mark.parametrize("vendor", ["siemens", "ge", "philips"])
 def test_pretrained_picks_the_vendor_model_and_is_unbiased(vendor, tmp_path):
-    from qalas_bids.qalas.demo_dataset import write_demo_dataset
+    from qalas_bids.demo.dataset import write_demo_dataset
 
     bids = tmp_path / "bids"
     write_demo_dataset(bids, subjects=("01",), sessions=(), runs=(), snr=60, seed=0, vendor=vendor)
@@ -33,7 +33,7 @@ def test_pretrained_picks_the_vendor_model_and_is_unbiased(vendor, tmp_path):
 
 
 def test_pretrained_on_an_unknown_timing_is_refused_before_work(tmp_path):
-    from qalas_bids.qalas.demo_dataset import write_demo_dataset
+    from qalas_bids.demo.dataset import write_demo_dataset
 
     bids = tmp_path / "bids"
     write_demo_dataset(bids, subjects=("01",), sessions=(), runs=(), snr=60, seed=0, vendor="ge")

@@ -20,10 +20,10 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ..qalas.errors import QalasInputError
-from ..qalas.timing import TimingError, TimingProvenance, timing_from_metadata
+from ..qalas.physics.timing import TimingError, TimingProvenance, timing_from_metadata
 from .b1_pairing import (B1Source, PairingTarget, build_candidates, pair_b1,
                          parse_acquisition_time, scans_acquisition_times)
 from .inputs_check import N_CONTRASTS, check_qalas_headers, load_nifti_header
@@ -89,7 +89,7 @@ def resolve_timing(
 ) -> TimingProvenance:
     """Sequence timing of ``run`` from its sidecar, a vendor preset and overrides.
 
-    Wraps :func:`qalas_bids.qalas.timing.timing_from_metadata`; a :class:`TimingError`
+    Wraps :func:`qalas_bids.qalas.physics.timing.timing_from_metadata`; a :class:`TimingError`
     becomes a :class:`QalasInputError` naming the sidecar and the options that fix it.
     """
     try:
@@ -252,6 +252,42 @@ def collect_qalas_runs(
     subjects = _strip(participant_labels, "sub-")
     sessions = _strip(session_labels, "ses-")
 
+    all_files, files, subjects = _select_qalas_files(layout, root, spec, filters, subjects, sessions)
+
+    groups: dict[tuple, list[Any]] = defaultdict(list)
+    for bf in files:
+        groups[_group_key(bf.get_entities())].append(bf)
+
+    all_rel = {Path(bf.path).relative_to(root).as_posix() for bf in all_files}
+    b1_cache: dict[str, tuple] = {}
+
+    def b1_inputs_of(subject: str) -> tuple:
+        """The participant's B1 candidates (collected once per participant)."""
+        if subject not in b1_cache:
+            b1_cache[subject] = _b1_inputs(layout, root, subject, spec, filters.get("b1", {}))
+        return b1_cache[subject]
+
+    runs: list[QalasRun] = []
+    names_seen: dict[tuple, str] = {}
+    for key in sorted(groups):
+        run = _build_run(_run_files(groups[key]), root, names_seen, b1_inputs_of, all_rel,
+                         require_b1=require_b1, check_headers=check_headers)
+        if check_timing:
+            run = _with_timing(run, vendor_preset, timing_overrides)
+        LOGGER.info("QALAS run %s: %d file(s), B1: %s", run.label, len(run.qalas_files),
+                    run.b1.reason if run.b1 else "none (B1 = 1)")
+        runs.append(run)
+    return sorted(runs, key=lambda r: tuple(
+        (r.entities.get(k) is not None, _natural(r.entities.get(k, ""))) for k in OUTPUT_ENTITIES))
+
+
+def _select_qalas_files(layout: Any, root: Path, spec: Mapping[str, Any], filters: Mapping[str, Any],
+                        subjects: list[str], sessions: list[str]) -> tuple[list[Any], list[Any], list[str]]:
+    """(every QALAS file, the selected participants'/sessions' files, the participants).
+
+    Raises :class:`QalasInputError` when nothing is selected; warns about requested
+    participants without QALAS images.
+    """
     query: dict[str, Any] = dict(spec["qalas"], **filters.get("qalas", {}))
     all_files = layout.get(**query)
     if not all_files:
@@ -277,63 +313,52 @@ def collect_qalas_runs(
             raise QalasInputError(
                 f"no QALAS images in session(s) {sessions} for participant(s) {subjects}; "
                 "check --session-label")
+    return all_files, files, subjects
 
-    groups: dict[tuple, list[Any]] = defaultdict(list)
-    for bf in files:
-        groups[_group_key(bf.get_entities())].append(bf)
 
-    all_rel = {Path(bf.path).relative_to(root).as_posix() for bf in all_files}
-    b1_cache: dict[str, tuple] = {}
-    runs: list[QalasRun] = []
-    names_seen: dict[tuple, str] = {}
-    for key in sorted(groups):
-        ordered = _run_files(groups[key])
-        ents = ordered[0].get_entities()
-        subject = str(ents["subject"])
-        out_entities = {k: str(ents[k]) for k in OUTPUT_ENTITIES if ents.get(k) is not None}
-        name_key = tuple(sorted(out_entities.items()))
-        first = Path(ordered[0].path).name
-        if name_key in names_seen:
-            raise QalasInputError(
-                f"two QALAS runs would give the same output names: {names_seen[name_key]} and "
-                f"{first} differ only in entities dropped from outputs; select one with "
-                "--bids-filter-file")
-        names_seen[name_key] = first
-        metas = [dict(bf.get_metadata()) for bf in ordered]
-        disagreeing = sidecar_disagreements(metas, [Path(bf.path).name for bf in ordered])
-        metadata = dict(metas[0])
-        metadata["InversionTimes"] = _inversion_times(metas)
-        qalas_files = tuple(str(bf.path) for bf in ordered)
-        if check_headers:
-            check_qalas_headers(qalas_files)
+def _build_run(ordered: list[Any], root: Path, names_seen: dict[tuple, str],
+               b1_inputs_of: Callable[[str], tuple], all_rel: set[str], *, require_b1: bool,
+               check_headers: bool) -> QalasRun:
+    """One :class:`QalasRun` from its files in readout order: output names (unique across
+    runs, recorded in ``names_seen``), sidecars, headers and the paired B1 map."""
+    ents = ordered[0].get_entities()
+    subject = str(ents["subject"])
+    out_entities = {k: str(ents[k]) for k in OUTPUT_ENTITIES if ents.get(k) is not None}
+    name_key = tuple(sorted(out_entities.items()))
+    first = Path(ordered[0].path).name
+    if name_key in names_seen:
+        raise QalasInputError(
+            f"two QALAS runs would give the same output names: {names_seen[name_key]} and "
+            f"{first} differ only in entities dropped from outputs; select one with "
+            "--bids-filter-file")
+    names_seen[name_key] = first
+    metas = [dict(bf.get_metadata()) for bf in ordered]
+    disagreeing = sidecar_disagreements(metas, [Path(bf.path).name for bf in ordered])
+    metadata = dict(metas[0])
+    metadata["InversionTimes"] = _inversion_times(metas)
+    qalas_files = tuple(str(bf.path) for bf in ordered)
+    if check_headers:
+        check_qalas_headers(qalas_files)
 
-        rel_files = tuple(Path(p).relative_to(root).as_posix() for p in qalas_files)
-        acq_time = parse_acquisition_time(metadata)
-        if acq_time is None:
-            acq_time = scans_acquisition_times(root, subject, ents.get("session")).get(rel_files[0])
-        target = PairingTarget(subject=subject, session=_entity_str(ents.get("session")),
-                               run=_entity_str(ents.get("run")), rel_files=rel_files,
-                               metadata=metadata, acq_time=acq_time)
-        if subject not in b1_cache:
-            b1_cache[subject] = _b1_inputs(layout, root, subject, spec, filters.get("b1", {}))
-        candidates, unsupported, problems = b1_cache[subject]
-        b1 = pair_b1(target, candidates, all_qalas=all_rel, unsupported=unsupported,
-                     problems=problems, require_b1=require_b1)
-        if b1 is not None and check_headers:
-            _check_b1_files(b1)
-        run = QalasRun(
-            subject=subject, session=target.session, run=target.run,
-            acquisition=_entity_str(ents.get("acquisition")), qalas_files=qalas_files,
-            metadata=metadata, b1=b1, entities=out_entities, warnings=tuple(disagreeing))
-        for warning in disagreeing:
-            LOGGER.warning("%s: %s", run.label, warning)
-        if check_timing:
-            run = _with_timing(run, vendor_preset, timing_overrides)
-        LOGGER.info("QALAS run %s: %d file(s), B1: %s", run.label, len(qalas_files),
-                    b1.reason if b1 else "none (B1 = 1)")
-        runs.append(run)
-    return sorted(runs, key=lambda r: tuple(
-        (r.entities.get(k) is not None, _natural(r.entities.get(k, ""))) for k in OUTPUT_ENTITIES))
+    rel_files = tuple(Path(p).relative_to(root).as_posix() for p in qalas_files)
+    acq_time = parse_acquisition_time(metadata)
+    if acq_time is None:
+        acq_time = scans_acquisition_times(root, subject, ents.get("session")).get(rel_files[0])
+    target = PairingTarget(subject=subject, session=_entity_str(ents.get("session")),
+                           run=_entity_str(ents.get("run")), rel_files=rel_files,
+                           metadata=metadata, acq_time=acq_time)
+    candidates, unsupported, problems = b1_inputs_of(subject)
+    b1 = pair_b1(target, candidates, all_qalas=all_rel, unsupported=unsupported,
+                 problems=problems, require_b1=require_b1)
+    if b1 is not None and check_headers:
+        _check_b1_files(b1)
+    run = QalasRun(
+        subject=subject, session=target.session, run=target.run,
+        acquisition=_entity_str(ents.get("acquisition")), qalas_files=qalas_files,
+        metadata=metadata, b1=b1, entities=out_entities, warnings=tuple(disagreeing))
+    for warning in disagreeing:
+        LOGGER.warning("%s: %s", run.label, warning)
+    return run
 
 
 def _natural(label: str) -> tuple:

@@ -17,9 +17,9 @@ from typing import Any, Sequence
 import nibabel as nib
 import numpy as np
 
-from ..qalas.b1map import DEFAULT_MIN_COVERAGE
+from ..qalas.b1.prepare import DEFAULT_MIN_COVERAGE
 from ..qalas.errors import QalasInputError
-from ..utils.nifti_io import map_threads, read_array
+from ..utils.nifti_io import map_threads, read_array, read_image
 
 N_CONTRASTS = 5
 #: Largest affine difference (mm) still counted as "the same grid".
@@ -145,13 +145,13 @@ def load_qalas_run(run: Any) -> tuple[np.ndarray, Any]:
 def check_volume_order(run: Any, data4d: np.ndarray) -> list[str]:
     """Refuse QALAS volumes that are not in readout order (before any work).
 
-    Uses the signal (:func:`qalas_bids.qalas.plausibility.check_readout_order`, a quick
+    Uses the signal (:func:`qalas_bids.qalas.fitting.readout_order.check_readout_order`, a quick
     fit of a voxel sample in the given order and in alternative orders, including the one
     the sidecars' ``InversionTime`` implies). Raises :class:`QalasInputError` naming the
     files and the order that fits; returns warnings (sidecar times that do not increase
     although the images fit best as given).
     """
-    from ..qalas.plausibility import check_readout_order, sample_voxels
+    from ..qalas.fitting.readout_order import check_readout_order, sample_voxels
 
     if run.timing is None:
         return []
@@ -185,6 +185,27 @@ def check_volume_order(run: Any, data4d: np.ndarray) -> list[str]:
     return []
 
 
+def load_b1_image(path: str | Path, scale: float = 1.0) -> nib.Nifti1Image:
+    """Read a B1 image (famp or relative map) fully as float32, times ``scale``.
+
+    Damaged files (truncated gzip, ...) and NaN/Inf voxels raise :class:`QalasInputError`
+    naming the file and the fix.
+    """
+    path = Path(path)
+    try:
+        image = read_image(path)
+        data = np.asanyarray(image.dataobj, dtype=np.float32)
+    except Exception as exc:  # truncated gzip, wrong vox_offset, ...
+        raise QalasInputError(f"the B1 map {path.name} could not be read ({type(exc).__name__}: {exc}); "
+                              "the file is damaged or incomplete - re-copy or re-convert it, or fit "
+                              "without it (--no-b1)") from exc
+    bad = int((~np.isfinite(data)).sum())
+    if bad:
+        raise QalasInputError(f"the B1 map {path.name} contains {bad} NaN/Inf voxel(s): re-convert it, "
+                              "or fit without it (--no-b1)")
+    return nib.Nifti1Image(data * scale if scale != 1.0 else data, image.affine)
+
+
 def b1_source_inputs(b1_source, flip_angle_override: float | None) -> dict:
     """How to read a :class:`~qalas_bids.bids.B1Source`: file, relative or famp, scale, flip angle.
 
@@ -205,10 +226,10 @@ def b1_on_qalas_grid(run: Any, reference: Any, head_mask: np.ndarray, flip_angle
     """The run's relative B1 on the QALAS grid (float32, 0 outside the head) and its summary.
 
     Relative B1, resampled with both affines, clipped and checked by
-    :func:`qalas_bids.qalas.b1map.b1_in_qalas_space`. Raises :class:`QalasInputError`
+    :func:`qalas_bids.qalas.b1.prepare.b1_in_qalas_space`. Raises :class:`QalasInputError`
     naming the run and the file when the map would give wrong maps.
     """
-    from ..qalas.b1map import b1_in_qalas_space, load_b1_image
+    from ..qalas.b1.prepare import b1_in_qalas_space
 
     spec = b1_source_inputs(run.b1, flip_angle_override)
     path = Path(spec["in_file"])
@@ -231,7 +252,7 @@ class RunInputs:
 
     data : ``(X, Y, Z, 5)`` float32 magnitudes in readout order
     reference : the first QALAS image (affine and header copied by every output)
-    mask : head mask (bool; CSF included), :func:`qalas_bids.qalas.masking.compute_head_mask`
+    mask : head mask (bool; CSF included), :func:`qalas_bids.qalas.tissue.masking.compute_head_mask`
     b1 : relative B1 (float32, 0 outside the head), None without a B1 map or with ``--no-b1``
     b1_info : coverage/clipping summary of the B1 map (empty without one)
     warnings : warnings of the checks (recorded in the sidecars)
@@ -272,7 +293,7 @@ def check_run_inputs(run: Any, *, use_b1: bool = True, flip_angle_override: floa
 
 
 def _head_mask(run: Any, data4d: np.ndarray) -> np.ndarray:
-    from ..qalas.masking import compute_head_mask
+    from ..qalas.tissue.masking import compute_head_mask
 
     try:
         return compute_head_mask(data4d)

@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"{out} is not empty; choose a new directory or pass --overwrite "
                      "(existing files with the same names are replaced, nothing is deleted)")
 
-    from qalas_bids.qalas.demo_dataset import write_demo_dataset  # heavy imports after parsing
+    from qalas_bids.demo.dataset import write_demo_dataset  # heavy imports after parsing
 
     try:
         root = write_demo_dataset(

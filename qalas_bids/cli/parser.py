@@ -8,8 +8,8 @@ import argparse
 from pathlib import Path
 
 from .. import __version__
-from ..qalas.b1map import DEFAULT_MIN_COVERAGE
-from ..qalas.fit_volume import METHODS as FIT_MODES
+from ..qalas.b1.prepare import DEFAULT_MIN_COVERAGE
+from ..qalas.fitting.fit_volume import METHODS as FIT_MODES
 from . import validators as v
 
 VENDOR_PRESETS = ("siemens", "ge", "philips")
@@ -189,7 +189,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--save-model {opts.save_model} is inside bids_dir: choose another folder")
     if opts.synth_params is not None or opts.synth_contrasts:
         from ..qalas.errors import QalasInputError
-        from ..qalas.synthetic import resolve_params
+        from ..qalas.tissue.synthetic import resolve_params
 
         names = [n for group in opts.synth_contrasts for n in group] if opts.synth_contrasts else None
         try:  # checked now, not after the whole fit

@@ -60,14 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_cohort_scan(run, *, no_b1: bool = False, flip_angle: float | None = None, bids_dir: Path):
     """Masked voxels of one :class:`~qalas_bids.bids.discovery.QalasRun` as a
-    :class:`~qalas_bids.qalas.cohort.CohortScan` (same mask and B1 preparation as the
+    :class:`~qalas_bids.qalas.fitting.cohort.CohortScan` (same mask and B1 preparation as the
     participant level)."""
     import numpy as np
 
     from ..bids.inputs_check import check_run_inputs
-    from ..qalas.cohort import CohortScan
+    from ..qalas.fitting.cohort import CohortScan
     from ..qalas.errors import QalasInputError
-    from ..utils.metadata import raw_sources
+    from ..bids.sidecars import raw_sources
 
     if run.b1 is not None and not no_b1 and run.b1.kind == "tfl" and flip_angle is None \
             and not run.b1.metadata.get("FlipAngle"):
@@ -86,9 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if opts.verbose >= 2 else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s | %(levelname)-7s | %(name)s: %(message)s")
     from ..bids import collect_qalas_runs
-    from ..qalas.cohort import group_by_scanner, train_cohort_model
+    from ..qalas.fitting.cohort import group_by_scanner, train_cohort_model
     from ..qalas.errors import DeviceError, QalasInputError
-    from ..qalas.timing import TimingError
+    from ..qalas.physics.timing import TimingError
 
     try:
         import torch
@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             path, info = train_cohort_model(group, models_dir / f"cohort_scanner-{key}_model.pt",
                                             epochs=opts.epochs, batch_size=opts.batch_size, seed=opts.seed,
                                             device=opts.device, max_voxels_per_scan=opts.max_voxels_per_scan)
-            from ..qalas.cohort import read_model
+            from ..qalas.fitting.cohort import read_model
 
             _, config = read_model(path)
             path.with_suffix(".json").write_text(json.dumps({**config, "sha256": info["sha256"]}, indent=2) + "\n")

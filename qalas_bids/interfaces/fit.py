@@ -1,4 +1,4 @@
-"""Voxel-wise QALAS fit of one run (calls :func:`qalas_bids.qalas.fit_volume.fit_volume`)."""
+"""Voxel-wise QALAS fit of one run (calls :func:`qalas_bids.qalas.fitting.fit_volume.fit_volume`)."""
 from __future__ import annotations
 
 import json
@@ -8,11 +8,11 @@ import numpy as np
 from nipype.interfaces.base import (BaseInterfaceInputSpec, File, SimpleInterface,
                                     TraitedSpec, isdefined, traits)
 
-from ..qalas.fit_volume import MAP_KEYS
-from ..qalas.fit_volume import METHODS as FIT_MODES
-from ..qalas.timing import SequenceTiming
+from ..qalas.fitting.fit_volume import MAP_KEYS
+from ..qalas.fitting.fit_volume import METHODS as FIT_MODES
+from ..qalas.physics.timing import SequenceTiming
 from ..utils.images import first_volume, image_like
-from ..utils.metadata import fit_sidecar_metadata
+from ..bids.sidecars import fit_sidecar_metadata
 from ..utils.nifti_io import read_array, read_image, write_images
 
 
@@ -75,8 +75,8 @@ class FitQalas(SimpleInterface):
     def _run_interface(self, runtime):
         import torch
 
-        from ..qalas.fit_volume import fit_volume
-        from ..qalas.progress import ProgressReporter, interval_from_env
+        from ..qalas.fitting.fit_volume import fit_volume
+        from ..qalas.fitting.progress import ProgressReporter, interval_from_env
 
         torch.set_num_threads(max(1, self.inputs.num_threads))
         img = read_image(self.inputs.qalas_file)
@@ -100,8 +100,8 @@ class FitQalas(SimpleInterface):
             )
         saved = (self._ssl_options() or {}).get("save_model_path")
         if saved:
-            from ..qalas.cohort import annotate_model
-            from ..qalas.pretrained import file_sha256
+            from ..qalas.fitting.cohort import annotate_model
+            from ..qalas.fitting.pretrained import file_sha256
 
             prov = dict(self.inputs.model_provenance) if isdefined(self.inputs.model_provenance) else {}
             annotate_model(saved, acquisition=prov.get("acquisition"), sources=prov.get("sources", ()),

@@ -1,4 +1,4 @@
-"""Synthetic contrasts node (calls :func:`qalas_bids.qalas.synthetic.synthesize_all`)."""
+"""Synthetic contrasts node (calls :func:`qalas_bids.qalas.tissue.synthetic.synthesize_all`)."""
 from __future__ import annotations
 
 import os
@@ -43,7 +43,7 @@ class SyntheticContrasts(SimpleInterface):
     output_spec = _SyntheticContrastsOutputSpec
 
     def _run_interface(self, runtime):
-        from ..qalas.synthetic import synthesize_all
+        from ..qalas.tissue.synthetic import synthesize_all
 
         ref = nib.load(self.inputs.t1)
 
@@ -55,7 +55,7 @@ class SyntheticContrasts(SimpleInterface):
         brain = load(self.inputs.brain_mask) > 0 if isdefined(self.inputs.brain_mask) else None
         extra = {}
         if isdefined(self.inputs.maps):
-            from ..qalas.fit_volume import MAP_KEYS
+            from ..qalas.fitting.fit_volume import MAP_KEYS
 
             paths = dict(zip(MAP_KEYS, self.inputs.maps))
             extra = {"crlb": {k: load(paths[f"crlb_{k}"]) for k in ("t1", "t2", "ie")},

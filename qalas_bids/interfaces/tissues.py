@@ -30,7 +30,7 @@ class BrainMask(SimpleInterface):
     output_spec = _BrainMaskOutputSpec
 
     def _run_interface(self, runtime):
-        from ..qalas.brain_mask import brain_mask_from_maps
+        from ..qalas.tissue.brain_mask import brain_mask_from_maps
 
         ref = nib.load(self.inputs.t1)
         t1, pd = read_arrays([self.inputs.t1, self.inputs.pd], dtype=np.float64)
@@ -43,7 +43,7 @@ class BrainMask(SimpleInterface):
 
 class _TissueSummaryInputSpec(BaseInterfaceInputSpec):
     maps = traits.List(File(exists=True), mandatory=True,
-                       desc="fitted maps in qalas_bids.qalas.fit_volume.MAP_KEYS order")
+                       desc="fitted maps in qalas_bids.qalas.fitting.fit_volume.MAP_KEYS order")
     brain_mask = File(exists=True, mandatory=True, desc="brain mask")
     brain_info = traits.Dict(mandatory=True, desc="BrainMask sidecar entry")
     head_mask = File(exists=True, mandatory=True, desc="head mask (the fitted voxels)")
@@ -61,8 +61,8 @@ class TissueSummary(SimpleInterface):
     output_spec = _TissueSummaryOutputSpec
 
     def _run_interface(self, runtime):
-        from ..qalas.fit_volume import MAP_KEYS
-        from ..qalas.tissue_summary import summarise_tissues
+        from ..qalas.fitting.fit_volume import MAP_KEYS
+        from ..qalas.tissue.summary import summarise_tissues
 
         needed = ("t1", "t2", "ie", "crlb_t1", "residual")
         paths = dict(zip(MAP_KEYS, self.inputs.maps))

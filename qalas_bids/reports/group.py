@@ -1,6 +1,6 @@
 """Group level: one TSV row per run, a JSON data dictionary and an HTML page with outliers.
 
-Tissue classes come from each run's fitted T1 map (:mod:`qalas_bids.qalas.tissue`: CSF =
+Tissue classes come from each run's fitted T1 map (:mod:`qalas_bids.qalas.tissue.classes`: CSF =
 T1 > 2.5 s, WM/GM split at the midpoint between the two T1-density peaks) unless an
 fMRIPrep/sMRIPrep derivatives folder is given, whose ``dseg`` (1 GM, 2 WM, 3 CSF) and
 ``desc-brain_mask`` of the same subject/session are resampled to the QALAS grid by the

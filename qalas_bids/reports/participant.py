@@ -22,7 +22,7 @@ import numpy as np
 from .. import __version__
 from ..bids.derivatives import atomic_write_text, derivative_path
 from ..qalas.errors import QalasInputError
-from ..qalas.tissue import LABELS
+from ..qalas.tissue.classes import LABELS
 from ..utils.nifti_io import read_image
 from . import figures
 from .collect import MAP_SUFFIXES, RunDerivatives, find_runs, read_sidecar
@@ -94,8 +94,8 @@ def _tissue_html(loaded: LoadedRun) -> str:
 def _fit_flags_html(out_dir: Path, loaded: LoadedRun, background: nib.Nifti1Image,
                     batch: figures.FigureBatch) -> str:
     """Overlay of voxels at a parameter bound / with a high residual, and the per-class table."""
-    from ..qalas.bounds import at_bound
-    from ..qalas.tissue import RESIDUAL_MAX
+    from ..qalas.physics.bounds import at_bound
+    from ..qalas.tissue.classes import RESIDUAL_MAX
 
     run, maps = loaded.run, loaded.maps
     if "T1map" not in maps or "T2map" not in maps:
@@ -119,7 +119,7 @@ def _fit_flags_html(out_dir: Path, loaded: LoadedRun, background: nib.Nifti1Imag
     reliability = run.sidecar.get("TissueReliability") or {}
     counts = ", ".join(f"{k} {v}" for k, v in reliability.items() if k != "Description")
     return ("<h3>Fit flags</h3>" + _img(out_dir, fig, "voxels at a bound or with a high residual")
-            + "<p class='note'>Yellow: a parameter at the fit range (qalas_bids.qalas.bounds); magenta: relative "
+            + "<p class='note'>Yellow: a parameter at the fit range (qalas_bids.qalas.physics.bounds); magenta: relative "
               f"residual above {RESIDUAL_MAX:g} (eyes, vessels, skull noise); red: both. Fraction of each "
               "class at a bound:</p>" + table
             + (f"<p class='note'>Brain voxels for tissue values: {_e(counts)}.</p>" if counts else ""))
@@ -146,12 +146,33 @@ def _b1_text(b1: object) -> str:
 def _run_section(out_dir: Path, loaded: LoadedRun, bids_dir: Path | None, extra_warnings: Sequence[str],
                  batch: figures.FigureBatch) -> str:
     """HTML of one run; its figures are queued on ``batch`` (the caller draws them)."""
-    run, side = loaded.run, loaded.run.sidecar
+    run = loaded.run
     ras = lambda a: figures.canonical_data(nib.Nifti1Image(a.astype(np.float32), loaded.reference.affine))  # noqa: E731
     mask_ras = ras(loaded.mask.astype(np.float32)) > 0
     parts = [f"<h2 id='{_e(run.label)}'>{_e(run.label)}</h2>"]
+    parts += _summary_html(loaded, extra_warnings)
+    rows = []
+    for k in MAP_SUFFIXES:
+        if k in loaded.maps:
+            data = ras(loaded.maps[k])
+            cmap, lo, hi = figures.display_range(k, data, mask_ras)
+            rows.append((k[:-3], data, cmap, lo, hi, MAP_UNITS[k]))
+    fig = batch.add(figures.mosaic, _figure_path(out_dir, run, "maps", "T1map"), rows, mask_ras)
+    parts.append("<h3 id='maps-" + _e(run.label) + "'>Quantitative maps</h3>" + _img(out_dir, fig, "T1, T2, PD, IE maps"))
+    parts += _mask_and_b1_html(out_dir, loaded, bids_dir, batch)
+    parts.append(_uncertainty_html(out_dir, loaded, batch, ras, mask_ras))
+    fig = batch.add(figures.tissue_histograms, _figure_path(out_dir, run, "histograms", "T1map"), loaded.maps,
+                    loaded.labels, LABELS)
+    parts.append("<h3>Tissue values</h3>" + _tissue_html(loaded) + _img(out_dir, fig, "T1/T2 histograms"))
+    parts.append(_synthetic_html(out_dir, run, batch, mask_ras))
+    parts += _fit_log_html(out_dir, loaded, batch)
+    return "\n".join(parts)
 
-    # Summary + warnings
+
+def _summary_html(loaded: LoadedRun, extra_warnings: Sequence[str]) -> list[str]:
+    """Summary table (fit mode, device, B1 source, model...) and the warnings."""
+    run, side = loaded.run, loaded.run.sidecar
+    parts = []
     info = side.get("FitInfo", {}) or {}
     summary = {"Fit mode": side.get("FitMode", "n/a"), "Algorithm": side.get("EstimationAlgorithm", "n/a"),
                "Device": info.get("Device", "n/a"), "Wall time (s)": _number(info.get("WallTimeSeconds")),
@@ -168,18 +189,14 @@ def _run_section(out_dir: Path, loaded: LoadedRun, bids_dir: Path | None, extra_
     warns = list(side.get("Warnings", []) or []) + list(extra_warnings)
     parts.append("<h3>Warnings</h3>" + ("".join(f"<div class='warn'>{_e(w)}</div>" for w in warns)
                                         if warns else "<p class='note'>No warnings were raised.</p>"))
+    return parts
 
-    # Maps
-    rows = []
-    for k in MAP_SUFFIXES:
-        if k in loaded.maps:
-            data = ras(loaded.maps[k])
-            cmap, lo, hi = figures.display_range(k, data, mask_ras)
-            rows.append((k[:-3], data, cmap, lo, hi, MAP_UNITS[k]))
-    fig = batch.add(figures.mosaic, _figure_path(out_dir, run, "maps", "T1map"), rows, mask_ras)
-    parts.append("<h3 id='maps-" + _e(run.label) + "'>Quantitative maps</h3>" + _img(out_dir, fig, "T1, T2, PD, IE maps"))
 
-    # Mask and B1
+def _mask_and_b1_html(out_dir: Path, loaded: LoadedRun, bids_dir: Path | None,
+                      batch: figures.FigureBatch) -> list[str]:
+    """Mask outlines, fit flags and the B1 registration check."""
+    run, side = loaded.run, loaded.run.sidecar
+    parts = []
     background = _background(loaded, bids_dir)
     if run.mask is not None:
         head = read_image(run.head_mask) if run.head_mask is not None else None
@@ -204,8 +221,12 @@ def _run_section(out_dir: Path, loaded: LoadedRun, bids_dir: Path | None, extra_
     else:
         parts.append("<h3>B1+ map</h3><div class='warn'>No B1+ map was used: the fit assumed B1 = 1; "
                      "T2 and IE are biased where the transmit field is not nominal.</div>")
+    return parts
 
-    # Uncertainty
+
+def _uncertainty_html(out_dir: Path, loaded: LoadedRun, batch: figures.FigureBatch, ras, mask_ras) -> str:
+    """Residual and CRLB mosaic."""
+    run = loaded.run
     rows = []
     if loaded.residual is not None:
         data = ras(loaded.residual)
@@ -217,16 +238,12 @@ def _run_section(out_dir: Path, loaded: LoadedRun, bids_dir: Path | None, extra_
             rows.append((f"CRLB {k[:-3]}", data, "inferno", 0.0, max(hi, 1e-9), MAP_UNITS[k]))
     if rows:
         fig = batch.add(figures.mosaic, _figure_path(out_dir, run, "uncertainty", "T1map"), rows, mask_ras)
-        parts.append("<h3>Residual and uncertainty (CRLB standard deviation)</h3>" + _img(out_dir, fig, "residual and CRLB"))
-    else:
-        parts.append("<h3>Residual and uncertainty</h3><p class='note'>No residual or CRLB maps were written.</p>")
+        return "<h3>Residual and uncertainty (CRLB standard deviation)</h3>" + _img(out_dir, fig, "residual and CRLB")
+    return "<h3>Residual and uncertainty</h3><p class='note'>No residual or CRLB maps were written.</p>"
 
-    # Tissues
-    fig = batch.add(figures.tissue_histograms, _figure_path(out_dir, run, "histograms", "T1map"), loaded.maps,
-                    loaded.labels, LABELS)
-    parts.append("<h3>Tissue values</h3>" + _tissue_html(loaded) + _img(out_dir, fig, "T1/T2 histograms"))
 
-    # Synthetic contrasts
+def _synthetic_html(out_dir: Path, run: RunDerivatives, batch: figures.FigureBatch, mask_ras) -> str:
+    """Synthetic contrast mosaic and their TR/TE/TI table."""
     if run.synthetic:
         rows, captions = [], []
         for name, path in run.synthetic.items():
@@ -240,12 +257,16 @@ def _run_section(out_dir: Path, loaded: LoadedRun, bids_dir: Path | None, extra_
         fig = batch.add(figures.mosaic, _figure_path(out_dir, run, "synthetic", "T1w"), rows, mask_ras, n_slices=5)
         head = "".join(f"<th class='l'>{_e(k)}</th>" for k in captions[0])
         body = "".join("<tr>" + "".join(f"<td class='l'>{_e(v)}</td>" for v in c.values()) + "</tr>" for c in captions)
-        parts.append("<h3>Synthetic contrasts</h3>" + _img(out_dir, fig, "synthetic contrasts")
-                     + f"<table><tr>{head}</tr>{body}</table>")
-    else:
-        parts.append("<h3>Synthetic contrasts</h3><p class='note'>No synthetic images were written for this run.</p>")
+        return ("<h3>Synthetic contrasts</h3>" + _img(out_dir, fig, "synthetic contrasts")
+                + f"<table><tr>{head}</tr>{body}</table>")
+    return "<h3>Synthetic contrasts</h3><p class='note'>No synthetic images were written for this run.</p>"
 
-    # Fit log and timing
+
+def _fit_log_html(out_dir: Path, loaded: LoadedRun, batch: figures.FigureBatch) -> list[str]:
+    """Training loss curve and the sequence timing table."""
+    run, side = loaded.run, loaded.run.sidecar
+    info = side.get("FitInfo", {}) or {}
+    parts = []
     loss = info.get("LossHistory") or []
     if len(loss) > 1:
         fig = batch.add(figures.loss_curve, _figure_path(out_dir, run, "fitlog", "T1map"), loss)
@@ -262,7 +283,7 @@ def _run_section(out_dir: Path, loaded: LoadedRun, bids_dir: Path | None, extra_
                      f"<th>value</th><th class='l'>source</th></tr>{rows}</table>")
     else:
         parts.append("<h3>Sequence timing</h3><p class='note'>The T1map sidecar records no timing.</p>")
-    return "\n".join(parts)
+    return parts
 
 
 def _methods_html(out_dir: Path) -> str:

@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 
 from ..bids.derivatives import atomic_write_text, write_json
-from ..qalas.repeatability import voxelwise_rmse, within_subject_cov
-from ..qalas.tissue import LABELS
+from ..qalas.tissue.repeatability import voxelwise_rmse, within_subject_cov
+from ..qalas.tissue.classes import LABELS
 from .collect import MAP_SUFFIXES, RunDerivatives
 from .summaries import MAP_UNITS, TISSUES, LoadedRun, column_dictionary, html_table, load_run
 

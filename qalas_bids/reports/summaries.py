@@ -12,7 +12,7 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
 
-from ..qalas.tissue import LABELS, classify_tissues, reliable_voxels
+from ..qalas.tissue.classes import LABELS, classify_tissues, reliable_voxels
 from ..utils.nifti_io import read_array, read_arrays
 from .collect import MAP_SUFFIXES, RunDerivatives
 
@@ -77,7 +77,7 @@ def _labels_from_fmriprep(derivatives_dir: Path, run: RunDerivatives, reference:
 def load_run(run: RunDerivatives, derivatives_dir: str | Path | None = None) -> LoadedRun:
     """Load maps, uncertainty and mask of ``run`` and label its tissues.
 
-    Tissues come from the fitted T1 (:func:`qalas_bids.qalas.tissue.classify_tissues`) or,
+    Tissues come from the fitted T1 (:func:`qalas_bids.qalas.tissue.classes.classify_tissues`) or,
     with ``derivatives_dir``, from the fMRIPrep/sMRIPrep ``dseg`` of the same subject/session.
     """
     reference = nib.load(str(run.maps["T1map"]))
@@ -112,7 +112,7 @@ def _stats(values: np.ndarray) -> dict[str, float]:
 
 def tissue_table(loaded: LoadedRun) -> dict[str, dict[str, dict[str, float]]]:
     """``{tissue: {map suffix: {median, iqr, n}}}`` over the labelled voxels that
-    :func:`~qalas_bids.qalas.tissue.reliable_voxels` keeps (no bound, residual or CRLB outliers)."""
+    :func:`~qalas_bids.qalas.tissue.classes.reliable_voxels` keeps (no bound, residual or CRLB outliers)."""
     table = {}
     for tissue in TISSUES:
         sel = (loaded.labels == LABELS[tissue]) & loaded.mask

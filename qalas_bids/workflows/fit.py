@@ -9,9 +9,9 @@ from nipype.pipeline import engine as pe
 
 from ..interfaces.fit import FitQalas
 from ..interfaces.tissues import BrainMask, TissueSummary
-from ..qalas.b1map import B1_RANGE
-from ..qalas.timing import timing_from_metadata
-from ..utils.metadata import ALGORITHMS, raw_sources
+from ..qalas.b1.prepare import B1_RANGE
+from ..qalas.physics.timing import timing_from_metadata
+from ..bids.sidecars import ALGORITHMS, raw_sources
 from .outputs import init_datasink_wf
 
 #: Methods text of the B1 preparation (done with the input checks, before the workflow).
@@ -49,7 +49,7 @@ def init_qalas_wf(*, run, settings, name: str | None = None):
     """Process one QALAS run into derivatives.
 
     The run's images were read and checked once before the workflow
-    (:func:`qalas_bids.cli.run.prepare_inputs`): ``run.prepared`` holds the 4D QALAS
+    (:func:`qalas_bids.execution.prework.prepare_inputs`): ``run.prepared`` holds the 4D QALAS
     image, the head mask and the B1 map on the QALAS grid, which are this workflow's inputs.
 
     Parameters
@@ -64,7 +64,7 @@ def init_qalas_wf(*, run, settings, name: str | None = None):
     out_files : derivatives written
     """
     if run.prepared is None:
-        raise ValueError(f"{run.label}: its inputs were not checked (qalas_bids.cli.run.prepare_inputs)")
+        raise ValueError(f"{run.label}: its inputs were not checked (qalas_bids.execution.prework.prepare_inputs)")
     prepared = run.prepared
     use_b1 = prepared.b1_file is not None
     timing = run.timing or timing_from_metadata(run.metadata, vendor=settings.vendor_preset or None)
@@ -84,34 +84,7 @@ def init_qalas_wf(*, run, settings, name: str | None = None):
     outputnode = pe.Node(niu.IdentityInterface(
         fields=["t1", "t2", "pd", "ie", "mask", "b1", "out_files"]), name="outputnode")
 
-    fit = pe.Node(FitQalas(method=settings.fit_mode, device=settings.resolved_device or settings.device,
-                           seed=settings.seed, num_threads=settings.omp_nthreads,
-                           progress=not settings.quiet, progress_label=run.label,
-                           noise_floor_correction=settings.noise_floor_correction,
-                           timing=timing.timing.as_dict(), timing_sources=dict(timing.sources),
-                           timing_warnings=list(timing.warnings)),
-                  name="fit", **fit_resources(run, settings))
-    if use_b1:
-        fit.inputs.b1_info = dict(prepared.b1_info)
-    if settings.ssl_options:
-        fit.inputs.ssl_options = settings.ssl_options
-    if run.warnings:
-        fit.inputs.extra_warnings = list(run.warnings)
-    if settings.model_path:
-        fit.inputs.model_path = str(settings.model_path)
-        fit.inputs.force_model = settings.force_model
-        if settings.fit_mode in ("pretrained", "fine-tune"):
-            from ..qalas.cohort import check_model_compatibility
-
-            fit.inputs.model_warnings = check_model_compatibility(
-                settings.model_path, timing.timing, run.metadata, force=settings.force_model,
-                label=run.label)
-    if settings.save_model_dir and settings.fit_mode in ("scan-specific", "fine-tune"):
-        from ..qalas.cohort import acquisition_info, model_filename
-
-        fit.inputs.save_model_path = str(settings.save_model_dir / model_filename(run.entities))
-        fit.inputs.model_provenance = {"acquisition": acquisition_info(run.metadata), "label": run.label,
-                                       "sources": raw_sources(run.qalas_files, settings.bids_dir)}
+    fit = init_fit_node(run, settings, timing)
     brain = pe.Node(BrainMask(), name="brain_mask", mem_gb=1.0)
     # The tissue summary (sidecar) and the synthetic images both need only the brain mask:
     # they run side by side.
@@ -150,6 +123,40 @@ def init_qalas_wf(*, run, settings, name: str | None = None):
                             ("out_metadata", "inputnode.synth_metadata")]),
         ])
     return workflow
+
+
+def init_fit_node(run, settings, timing):
+    """The ``fit`` node of one run (:class:`~qalas_bids.interfaces.fit.FitQalas`): fit mode,
+    device, timing with its provenance, model options and the warnings of the checks."""
+    fit = pe.Node(FitQalas(method=settings.fit_mode, device=settings.resolved_device or settings.device,
+                           seed=settings.seed, num_threads=settings.omp_nthreads,
+                           progress=not settings.quiet, progress_label=run.label,
+                           noise_floor_correction=settings.noise_floor_correction,
+                           timing=timing.timing.as_dict(), timing_sources=dict(timing.sources),
+                           timing_warnings=list(timing.warnings)),
+                  name="fit", **fit_resources(run, settings))
+    if run.prepared.b1_file is not None:
+        fit.inputs.b1_info = dict(run.prepared.b1_info)
+    if settings.ssl_options:
+        fit.inputs.ssl_options = settings.ssl_options
+    if run.warnings:
+        fit.inputs.extra_warnings = list(run.warnings)
+    if settings.model_path:
+        fit.inputs.model_path = str(settings.model_path)
+        fit.inputs.force_model = settings.force_model
+        if settings.fit_mode in ("pretrained", "fine-tune"):
+            from ..qalas.fitting.cohort import check_model_compatibility
+
+            fit.inputs.model_warnings = check_model_compatibility(
+                settings.model_path, timing.timing, run.metadata, force=settings.force_model,
+                label=run.label)
+    if settings.save_model_dir and settings.fit_mode in ("scan-specific", "fine-tune"):
+        from ..qalas.fitting.cohort import acquisition_info, model_filename
+
+        fit.inputs.save_model_path = str(settings.save_model_dir / model_filename(run.entities))
+        fit.inputs.model_provenance = {"acquisition": acquisition_info(run.metadata), "label": run.label,
+                                       "sources": raw_sources(run.qalas_files, settings.bids_dir)}
+    return fit
 
 
 def init_synthetic_node(settings, sources=None):

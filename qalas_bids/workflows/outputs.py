@@ -6,7 +6,7 @@ from nipype.pipeline import engine as pe
 
 from ..bids.derivatives import derivative_path
 from ..interfaces.datasink import DerivativeSink
-from ..utils.metadata import MAP_OUTPUTS, map_metadata, raw_sources
+from ..bids.sidecars import MAP_OUTPUTS, map_metadata, raw_sources
 
 
 def init_datasink_wf(*, run, settings, contrasts: bool = True, b1: bool = True,
