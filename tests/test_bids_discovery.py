@@ -210,6 +210,34 @@ def test_layout_database_never_in_bids_dir(tmp_path, fake):
         make_layout(fake.root, work_dir=fake.root / "work")
 
 
+def test_own_derivatives_under_bids_dir_are_not_indexed(fake):
+    """Outputs in ``<bids_dir>/derivatives/`` (even QALAS-named, even broken JSON) are skipped."""
+    fake.add_qalas(); fake.add_tb1map()
+    ours = fake.root / "derivatives" / "qalas-bids"
+    copy = ours / "sub-01" / "anat" / "sub-01_inv-1_QALAS.nii.gz"
+    write_nifti(copy)
+    (ours / "sub-01" / "anat" / "sub-01_inv-1_QALAS.json").write_text("[1, 2]")
+    runs = collect_qalas_runs(fake.root)
+    assert len(runs) == 1 and all(not Path(f).is_relative_to(ours) for f in runs[0].qalas_files)
+
+
+@pytest.mark.parametrize("content, words", [
+    ("[1, 2]", "an array"), ("42", "a number"), ("3.5", "a number"), ('"text"', "a string"),
+    ("null", "null"), ("true", "a boolean"), ('[{"FlipAngle": 4}]', "an array"),
+    ("", "is empty"), ("{\"FlipAngle\": 4", "not valid JSON"),
+    ("\ufeff{\"FlipAngle\": 4}", "byte-order mark"),
+])
+def test_malformed_sidecar_named_before_indexing(fake, content, words):
+    fake.add_qalas(); fake.add_tb1map()
+    bad = sorted(fake.root.rglob("*_QALAS.json"))[0] if list(fake.root.rglob("*_QALAS.json")) \
+        else write_json(fake.root / "sub-01" / "anat" / "sub-01_inv-1_QALAS.json", {})
+    bad.write_text(content, encoding="utf-8")
+    with pytest.raises(QalasInputError, match=words) as exc:
+        make_layout(fake.root)
+    assert str(bad.relative_to(fake.root)) in str(exc.value)
+    assert bad.read_text(encoding="utf-8") == content  # input unchanged
+
+
 # --------------------------------------------------------------------------- errors
 def test_no_qalas(fake):
     fake.add_tb1map()

@@ -109,10 +109,22 @@ def test_usage_errors_exit_2(bids, tmp_path, capsys, argv_tail, message):
     assert message in capsys.readouterr().err
 
 
-def test_output_inside_bids_and_not_bids(bids, tmp_path, capsys):
+@pytest.mark.parametrize("inside", ["", "sub-01", "sub-01/anat", "derivatives", "sourcedata/x"])
+def test_output_inside_raw_data_refused(bids, capsys, inside):
     with pytest.raises(SystemExit) as exc:
-        parse_args([str(bids), str(bids / "derivatives" / "q"), "participant"])
-    assert exc.value.code == 2 and "inside" in capsys.readouterr().err
+        parse_args([str(bids), str(bids / inside), "participant"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "inside the raw BIDS dataset" in err
+    assert "derivatives/qalas-bids" in err  # says where it may go
+
+
+def test_output_in_bids_derivatives_folder_accepted(bids):
+    opts = parse_args([str(bids), str(bids / "derivatives" / "qalas-bids"), "participant",
+                       "-w", str(bids.parent / "work")])
+    assert opts.output_dir == (bids / "derivatives" / "qalas-bids").absolute()
+
+
+def test_output_inside_bids_and_not_bids(bids, tmp_path, capsys):
     plain = tmp_path / "plain"
     plain.mkdir()
     with pytest.raises(SystemExit):

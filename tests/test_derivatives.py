@@ -128,7 +128,7 @@ def test_shape_mismatch_refused(tmp_path, reference):
 
 def test_never_writes_inside_bids_dir(tmp_path, raw, reference):
     rel = derivative_path(ENTS, "T1map")
-    for out in (raw, raw / "derivatives" / "qalas"):
+    for out in (raw, raw / "sub-01", raw / "sub-01" / "anat", raw / "derivatives", raw / "code" / "x"):
         with pytest.raises(OutputLocationError, match="never writes into"):
             write_derivative(out, rel, np.ones((8, 7, 6)), reference, {}, bids_dir=raw)
         with pytest.raises(OutputLocationError):  # also found without bids_dir
@@ -136,6 +136,18 @@ def test_never_writes_inside_bids_dir(tmp_path, raw, reference):
         with pytest.raises(OutputLocationError):
             write_dataset_description(out, raw)
     assert [p.name for p in raw.rglob("*")] == ["dataset_description.json"]
+
+
+@pytest.mark.parametrize("sub", ["derivatives/qalas-bids", "derivatives/pipelines/qalas"])
+def test_writes_in_the_bids_derivatives_folder(raw, reference, sub):
+    """``<bids_dir>/derivatives/<name>`` is where BIDS puts derivatives: allowed, twice."""
+    out = raw / sub
+    rel = derivative_path(ENTS, "T1map")
+    for _ in range(2):  # the second time our own dataset_description.json is already there
+        write_dataset_description(out, raw)
+        write_derivative(out, rel, np.ones((8, 7, 6)), reference, {}, bids_dir=raw)
+    assert (out / rel).is_file()
+    assert json.loads((out / "dataset_description.json").read_text())["DatasetType"] == "derivative"
 
 
 def test_atomic_write_keeps_old_file_on_crash(tmp_path, reference, monkeypatch):

@@ -341,10 +341,52 @@ def test_bad_input_exits_2(small_bids, tmp_path, case):
     assert "--no-b1" in proc.stderr or case != "missing_b1"
 
 
+def test_output_in_bids_derivatives_folder_runs_twice(small_bids, tmp_path):
+    """``<bids_dir>/derivatives/qalas-bids`` (the BIDS place) works, and a re-run there too."""
+    before = checksums(small_bids)
+    out = small_bids / "derivatives" / "qalas-bids"
+    anat = out / "sub-01" / "ses-01" / "anat"
+    for attempt, extra in enumerate(([], ["--skip-bids-validation"])):
+        # a fresh work dir the second time: the fit is redone with our outputs in the input tree
+        args = [a for a in FAST if a != "--skip-bids-validation"] + extra
+        proc = run_cli(small_bids, out, "participant", "-w", tmp_path / f"work{attempt}", *args)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        assert "Traceback" not in proc.stderr
+        assert len(list(out.rglob("*_run-1_T1map.nii.gz"))) == 1  # our outputs are not inputs
+        assert (anat / "sub-01_ses-01_run-1_T1map.nii.gz").is_file()
+    side = json.loads((anat / "sub-01_ses-01_run-1_T1map.json").read_text())
+    assert all(s.startswith("bids:raw:sub-01/") for s in side["Sources"])
+    after = checksums(small_bids)
+    assert {k: v for k, v in after.items() if not k.startswith("derivatives/qalas-bids/")} == before
+
+
+MALFORMED_SIDECARS = {"array": "[1, 2]", "number": "42", "string": '"FlipAngle"',
+                      "nested_array": '[{"FlipAngle": 4}, [null]]', "null": "null"}
+
+
+@pytest.mark.parametrize("shape", sorted(MALFORMED_SIDECARS))
+@pytest.mark.parametrize("which", ["qalas", "b1", "top_level"])
+def test_malformed_sidecar_exits_2_naming_file(small_bids, tmp_path, shape, which):
+    if which == "top_level":
+        bad = small_bids / "inv-0_QALAS.json"  # an inherited sidecar at the dataset root
+    else:
+        pattern = "anat/*inv-0_QALAS.json" if which == "qalas" else "fmap/*.json"
+        bad = sorted(small_bids.glob(f"sub-01/ses-01/{pattern}"))[0]
+    bad.write_text(MALFORMED_SIDECARS[shape])
+    before = checksums(small_bids)
+    proc = run_cli(small_bids, tmp_path / "out", "participant", "-w", tmp_path / "work", *FAST)
+    assert_usage_error(proc, re.escape(str(bad.relative_to(small_bids))))
+    assert "JSON object" in proc.stderr
+    assert checksums(small_bids) == before
+    assert not (tmp_path / "out" / "sub-01").exists()
+
+
 def test_usage_errors_exit_2(small_bids, tmp_path):
-    proc = run_cli(small_bids, small_bids / "derivatives" / "qalas", "participant")
-    assert_usage_error(proc, r"inside")
-    assert not (small_bids / "derivatives" / "qalas").exists()
+    before = checksums(small_bids)
+    for inside in ("", "sub-01", "code/qalas"):  # the root and other raw folders stay refused
+        proc = run_cli(small_bids, small_bids / inside, "participant", "-w", tmp_path / "work")
+        assert_usage_error(proc, r"inside the raw BIDS dataset")
+    assert checksums(small_bids) == before and not (small_bids / "code").exists()
     proc = run_cli(small_bids, tmp_path / "out", "participant", "--participant-label", "99",
                    "-w", tmp_path / "work", "--skip-bids-validation")
     assert_usage_error(proc, r"99")

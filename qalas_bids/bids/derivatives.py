@@ -98,32 +98,51 @@ def _is_inside(path: Path, parent: Path) -> bool:
 
 
 def _raw_dataset_above(out_dir: Path) -> Path | None:
-    """A raw BIDS dataset (dataset_description.json, not a derivative) containing out_dir."""
+    """The nearest raw BIDS dataset (dataset_description.json, not a derivative) holding out_dir."""
     here = out_dir.resolve()
     for folder in (here, *here.parents):
         desc = folder / "dataset_description.json"
         if desc.is_file():
             try:
                 kind = json.loads(desc.read_text()).get("DatasetType", "raw")
-            except (OSError, ValueError):
+            except (OSError, ValueError, AttributeError):
                 kind = "raw"
             if kind != "derivative":
                 return folder
     return None
 
 
-def check_output_dir(out_dir: str | Path, bids_dir: str | Path | None = None) -> None:
-    """Raise :class:`OutputLocationError` if ``out_dir`` is (inside) a raw BIDS dataset."""
+def in_derivatives_folder(path: Path, dataset: Path) -> bool:
+    """True for ``<dataset>/derivatives/<name>[/...]``: where BIDS puts derivatives."""
+    try:
+        rel = path.resolve().relative_to((dataset / "derivatives").resolve())
+    except ValueError:
+        return False
+    return rel != Path(".")
+
+
+def output_location_problem(out_dir: str | Path, bids_dir: str | Path | None = None) -> str | None:
+    """Why ``out_dir`` may not hold derivatives (it is raw data), or None if it may.
+
+    Allowed: any folder outside raw BIDS datasets, and ``<dataset>/derivatives/<name>``
+    (the BIDS specification's place for derivatives; pybids indexing of the input skips
+    ``derivatives/``). Refused: a raw dataset's root and any other folder inside it.
+    """
     out_dir = Path(out_dir)
-    if bids_dir is not None and _is_inside(out_dir, Path(bids_dir)):
-        raise OutputLocationError(
-            f"output directory {out_dir} is inside the input BIDS dataset {bids_dir}: "
-            "qalas-bids never writes into the raw data; choose an output directory outside it")
-    raw = _raw_dataset_above(out_dir)
-    if raw is not None:
-        raise OutputLocationError(
-            f"output directory {out_dir} is inside the raw BIDS dataset {raw}: qalas-bids "
-            "never writes into raw data; choose an output directory outside it")
+    for raw in (Path(bids_dir) if bids_dir is not None else None, _raw_dataset_above(out_dir)):
+        if raw is None or not _is_inside(out_dir, raw) or in_derivatives_folder(out_dir, raw):
+            continue
+        return (f"output directory {out_dir} is inside the raw BIDS dataset {raw}: qalas-bids "
+                "never writes into raw data; choose an output directory outside it, or "
+                f"{raw / 'derivatives' / 'qalas-bids'} (the BIDS derivatives folder)")
+    return None
+
+
+def check_output_dir(out_dir: str | Path, bids_dir: str | Path | None = None) -> None:
+    """Raise :class:`OutputLocationError` if ``out_dir`` is (inside) raw BIDS data."""
+    problem = output_location_problem(out_dir, bids_dir)
+    if problem:
+        raise OutputLocationError(problem)
 
 
 # --------------------------------------------------------------------------- writing

@@ -24,6 +24,7 @@ set by the app and cannot be filtered.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -60,6 +61,59 @@ def _inside(path: Path, parent: Path) -> bool:
         return False
 
 
+def _ignored(rel: str) -> bool:
+    return any(pattern.search(rel) for pattern in _IGNORE)
+
+
+def indexed_json_files(bids_dir: Path) -> list[Path]:
+    """The JSON files pybids will read from ``bids_dir`` (the same ignore rules)."""
+    found = []
+    for folder, dirs, files in os.walk(bids_dir):
+        here = Path(folder).relative_to(bids_dir)
+        rel = "" if here == Path(".") else "/" + here.as_posix()
+        dirs[:] = sorted(d for d in dirs if not _ignored(f"{rel}/{d}/"))
+        found += [Path(folder) / f for f in sorted(files)
+                  if f.endswith(".json") and not _ignored(f"{rel}/{f}")]
+    return found
+
+
+def _json_problem(path: Path) -> str | None:
+    """Why ``path`` is not a usable BIDS sidecar (a JSON object), or None."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if raw.startswith(b"\xef\xbb\xbf"):
+        return "starts with a UTF-8 byte-order mark (BOM); save it as UTF-8 without BOM"
+    if not raw.strip():
+        return "is empty; a sidecar must be a JSON object such as {\"RepetitionTime\": 2.4}"
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        return f"is not UTF-8 text (byte {exc.start})"
+    except json.JSONDecodeError as exc:
+        return f"is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+    if not isinstance(value, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+            type(value), "a number")
+        return (f"holds {kind} at its top level; a BIDS sidecar must be a JSON object "
+                "({\"Key\": value, ...})")
+    return None
+
+
+def check_sidecars(bids_dir: str | Path) -> None:
+    """Raise :class:`QalasInputError` naming every sidecar pybids could not index."""
+    bids_dir = Path(bids_dir)
+    problems = [(path, _json_problem(path)) for path in indexed_json_files(bids_dir)]
+    problems = [(path, why) for path, why in problems if why]
+    if problems:
+        lines = "\n".join(f"  {path.relative_to(bids_dir)} {why}" for path, why in problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise QalasInputError(
+            f"{len(problems)} JSON file(s) in {bids_dir} are not valid BIDS sidecars:\n"
+            f"{lines}{more}\nfix or remove them (the input dataset is never changed by qalas-bids)")
+
+
 def make_layout(
     bids_dir: str | Path,
     work_dir: str | Path | None = None,
@@ -87,6 +141,7 @@ def make_layout(
             f"the work directory {work_dir} is inside the BIDS dataset {bids_dir}: "
             "choose a work directory (-w) outside the input dataset"
         )
+    check_sidecars(bids_dir)
     indexer = BIDSLayoutIndexer(validate=False, ignore=_IGNORE, index_metadata=True)
     try:
         return BIDSLayout(str(bids_dir), validate=False, indexer=indexer, database_path=None,

@@ -8,6 +8,7 @@ import argparse
 from pathlib import Path
 
 from .. import __version__
+from ..bids.derivatives import output_location_problem
 from ..qalas.b1.prepare import DEFAULT_MIN_COVERAGE
 from ..qalas.fitting.fit_volume import METHODS as FIT_MODES
 from . import validators as v
@@ -49,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("bids_dir", type=v.existing_dir,
                         help="root of the input BIDS dataset (never modified; may be read-only)")
     parser.add_argument("output_dir", type=v.output_path,
-                        help="derivatives folder to write (created; must not be inside bids_dir)")
+                        help="derivatives folder to write (created): outside bids_dir, or "
+                             "bids_dir/derivatives/<name> as BIDS suggests; never bids_dir "
+                             "itself or another folder of the raw data")
     parser.add_argument("analysis_level", choices=("participant", "group"),
                         help="'participant' fits each subject; 'group' summarises existing derivatives")
     parser.add_argument("--version", action="version", version=f"qalas-bids {__version__}")
@@ -159,11 +162,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     opts = parser.parse_args(argv)
     bids_dir, output_dir = opts.bids_dir, opts.output_dir
-    if output_dir == bids_dir or bids_dir in output_dir.parents:
-        parser.error(
-            f"output_dir {output_dir} is inside bids_dir {bids_dir}: choose a folder outside the "
-            "input dataset (the input is never written to)"
-        )
+    location_problem = output_location_problem(output_dir, bids_dir)
+    if location_problem:
+        parser.error(location_problem)
     work_dir = opts.work_dir
     if work_dir == bids_dir or bids_dir in work_dir.parents:
         parser.error(f"work dir {work_dir} is inside bids_dir {bids_dir}: the input dataset is "
