@@ -346,7 +346,7 @@ def test_output_in_bids_derivatives_folder_runs_twice(small_bids, tmp_path):
     before = checksums(small_bids)
     out = small_bids / "derivatives" / "qalas-bids"
     anat = out / "sub-01" / "ses-01" / "anat"
-    for attempt, extra in enumerate(([], ["--skip-bids-validation"])):
+    for attempt, extra in enumerate((["--skip-bids-validation"], [])):  # validate with outputs there
         # a fresh work dir the second time: the fit is redone with our outputs in the input tree
         args = [a for a in FAST if a != "--skip-bids-validation"] + extra
         proc = run_cli(small_bids, out, "participant", "-w", tmp_path / f"work{attempt}", *args)
