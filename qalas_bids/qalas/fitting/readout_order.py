@@ -27,6 +27,8 @@ N_CONTRASTS = 5
 IDENTITY = tuple(range(N_CONTRASTS))
 #: An alternative order must fit this many times better than the given one to reject it.
 ORDER_RATIO = 0.5
+#: ... and between this and :data:`ORDER_RATIO` the run goes on with a warning (middle band).
+ORDER_WARN_RATIO = 0.8
 #: ... and the given order must leave at least this median relative residual.
 ORDER_FLOOR = 0.01
 SAMPLE_VOXELS = 2000
@@ -42,9 +44,22 @@ class OrderCheck:
     n_voxels: int
 
     @property
+    def ratio(self) -> float:
+        """Best alternative's residual / the given order's (1 when the given order is best)."""
+        return self.best_residual / self.given_residual if self.given_residual > 0 else 1.0
+
+    @property
+    def verdict(self) -> str:
+        """``"refuse"`` (an alternative fits >= 2x better), ``"warning"`` (1.25-2x) or ``"fine"``."""
+        if self.best_order == IDENTITY or self.given_residual <= ORDER_FLOOR:
+            return "fine"
+        if self.ratio < ORDER_RATIO:
+            return "refuse"
+        return "warning" if self.ratio < ORDER_WARN_RATIO else "fine"
+
+    @property
     def plausible(self) -> bool:
-        return not (self.best_order != IDENTITY and self.given_residual > ORDER_FLOOR
-                    and self.best_residual < ORDER_RATIO * self.given_residual)
+        return self.verdict != "refuse"
 
 
 def sample_voxels(data4d: np.ndarray, n: int = SAMPLE_VOXELS, seed: int = 0) -> np.ndarray:
