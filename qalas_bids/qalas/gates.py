@@ -16,7 +16,7 @@ from typing import Collection
 from .errors import QalasInputError
 
 #: Names of the gates a user can relax with ``--relax-gate`` (one refusal -> a warning).
-RELAXABLE_GATES = ("b1-coverage", "b1-support", "b1-median", "b1-plausible", "readout-order")
+RELAXABLE_GATES = ("b1-coverage", "b1-support", "b1-median", "b1-plausible", "b1-roughness", "readout-order")
 
 
 @dataclass(frozen=True)

@@ -33,16 +33,22 @@ DEFAULT_MIN_COVERAGE = 0.95
 #: The B1 map is judged in the head mask eroded by this depth (mm): scalp and skull, where a
 #: B1 map is legitimately 0 or noise, are about 10-15 mm thick; the rest is the brain.
 JUDGE_DEPTH_MM = 12.0
+#: Where the B1 map must have data (the ``b1-support`` gate): the head eroded by this depth
+#: (mm), the brain's core, which a masked map never leaves empty (its mask edge, blurred by
+#: B1 voxels of up to 6 mm, lies within the outer ~5 mm of the brain).
+SUPPORT_DEPTH_MM = 20.0
 #: A QALAS voxel has B1 data when every B1 voxel its interpolation uses has data (linear
 #: resampling of the 0/1 data mask >= this).
 SUPPORT_LEVEL = 0.99
 
 #: The gates of a B1 map (``docs/gates.md``): thresholds and why.
-SUPPORT_BAND = Band("b1-support", "fraction of the covered brain region where the B1 map has data "
+SUPPORT_BAND = Band("b1-support", "fraction of the covered brain core where the B1 map has data "
                     "(nonzero, and signal in its magnitude image)", fine=(0.95, 1.0), tolerated=(0.8, 1.0))
 MEDIAN_BAND = Band("b1-median", "median relative B1 in the brain region", fine=(0.8, 1.25), tolerated=(0.6, 1.4))
 PLAUSIBLE_BAND = Band("b1-plausible", f"fraction of the brain region with relative B1 in {list(B1_PLAUSIBLE)}",
                       fine=(0.95, 1.0), tolerated=(0.8, 1.0))
+ROUGHNESS_BAND = Band("b1-roughness", "median relative deviation of the B1 map from its 6 mm local mean "
+                      "in the brain region", fine=(0.0, 0.04), tolerated=(0.0, 0.1))
 CLIPPED_BAND = Band("b1-clipped", f"fraction of the brain region with B1 outside the fit's range {list(B1_RANGE)} "
                     "(clipped)", fine=(0.0, 0.05), tolerated=(0.0, 1.0))
 #: Kept for callers of the old constants.
@@ -82,6 +88,27 @@ def judged_region(head_mask: np.ndarray, zooms: Sequence[float], depth_mm: float
         inner = ndimage.binary_erosion(inner, structure, border_value=1)
     region[box] = inner
     return region if region.sum() >= 0.05 * head.sum() else head
+
+
+#: Smoothing (mm, Gaussian sigma) of the local mean a B1 map is compared with (``b1-roughness``).
+ROUGHNESS_SMOOTHING_MM = 6.0
+
+
+def roughness_map(values: np.ndarray, support: np.ndarray, zooms: Sequence[float],
+                  sigma_mm: float = ROUGHNESS_SMOOTHING_MM) -> np.ndarray:
+    """``|B1 - local mean| / local mean`` on the map's own grid (0 where it has no data).
+
+    A transmit field varies over centimetres; an anatomical image (or a map with edges and
+    holes) differs from its ``sigma_mm`` local mean by tissue contrast. The local mean is a
+    normalised convolution over ``support`` (the mask edge does not count).
+    """
+    weight = support.astype(np.float32)
+    sigma = [sigma_mm / max(float(z), 1e-3) for z in zooms[:3]]
+    num = ndimage.gaussian_filter(np.where(support, values, 0).astype(np.float32), sigma, mode="constant")
+    den = ndimage.gaussian_filter(weight, sigma, mode="constant")
+    local = np.divide(num, den, out=np.zeros_like(num), where=den > 1e-3)
+    out = np.divide(np.abs(values - local), np.abs(local), out=np.zeros_like(num), where=np.abs(local) > 1e-6)
+    return np.where(support, out, 0.0).astype(np.float32)
 
 
 def data_support(values: np.ndarray, magnitude: np.ndarray | None = None) -> np.ndarray:
@@ -144,11 +171,16 @@ def check_b1_plausibility(info: dict, *, min_coverage: float = DEFAULT_MIN_COVER
          "data (or fit without it: --no-b1)"),
         (SUPPORT_BAND, info["FractionWithData"],
          f"the B1 map has data (nonzero, above its magnitude's noise) in only {info['FractionWithData']:.0%} "
-         "of the brain region it covers: it is masked too tightly, damaged or misregistered - check it"),
+         f"of the brain's core it covers (the head mask eroded by {SUPPORT_DEPTH_MM:g} mm): it is masked "
+         "too tightly, damaged or misregistered - check it"),
         (PLAUSIBLE_BAND, info["FractionPlausible"],
          f"only {info['FractionPlausible']:.0%} of the brain region has a relative B1 between "
          f"{B1_PLAUSIBLE[0]} and {B1_PLAUSIBLE[1]} (at least {PLAUSIBLE_BAND.tolerated[0]:.0%} expected): "
          "the B1 map is damaged, misregistered or not a B1 map - check it"),
+        (ROUGHNESS_BAND, info["Roughness"],
+         f"the B1 map deviates from its own {ROUGHNESS_SMOOTHING_MM:g} mm local mean by {info['Roughness'] or 0:.0%} "
+         "(median in the brain region): a transmit field varies over centimetres, this map has the edges "
+         "of an anatomical image (or heavy noise) - check that it is a B1 map"),
         (CLIPPED_BAND, info["FractionClipped"], ""),
     ]
     records, warnings_ = {}, []
@@ -188,10 +220,15 @@ def b1_in_qalas_space(famp_img: nib.spatialimages.SpatialImage, flip_angle_deg: 
     resampled = np.asarray(resample_b1_to_qalas(rel_img, qalas_img).dataobj)
     covered = field_of_view_mask(rel_img, qalas_img)
     magnitude = _squeeze(magnitude_img) if magnitude_img is not None else None
-    support_img = nib.Nifti1Image(data_support(data, magnitude).astype(np.float32), famp_img.affine)
+    support = data_support(data, magnitude)
+    support_img = nib.Nifti1Image(support.astype(np.float32), famp_img.affine)
     supported = np.asarray(resample_b1_to_qalas(support_img, qalas_img).dataobj) >= SUPPORT_LEVEL
+    rough_img = nib.Nifti1Image(roughness_map(rel, support, famp_img.header.get_zooms()), famp_img.affine)
+    rough = np.asarray(resample_b1_to_qalas(rough_img, qalas_img).dataobj)
     head = head_mask.astype(bool) if head_mask is not None else np.ones(covered.shape, bool)
-    region = judged_region(head, qalas_img.header.get_zooms()[:3])
+    zooms = qalas_img.header.get_zooms()[:3]
+    region = judged_region(head, zooms)
+    core = covered & judged_region(head, zooms, SUPPORT_DEPTH_MM)
     n_region, n_head = int(region.sum()), int(head.sum())
     in_fov = covered & region
     judged = in_fov & supported
@@ -207,11 +244,12 @@ def b1_in_qalas_space(famp_img: nib.spatialimages.SpatialImage, flip_angle_deg: 
         "JudgedVoxels": int(judged.sum()),
         "FieldOfViewCoverage": round(coverage, 4),
         "HeadCoverage": round(float((covered & head).sum() / n_head), 4) if n_head else 0.0,
-        "FractionWithData": round(float(judged.sum() / in_fov.sum()), 4) if in_fov.any() else 0.0,
+        "FractionWithData": round(float((core & supported).sum() / core.sum()), 4) if core.any() else 0.0,
         "FractionClipped": round(_fraction(raw, lambda v: (v < B1_RANGE[0]) | (v > B1_RANGE[1])), 4),
         "ClipRange": list(B1_RANGE),
         "MedianInHead": float(np.median(b1[head])) if n_head else None,
         "MedianUnclippedInHead": float(np.median(raw)) if raw.size else None,
+        "Roughness": round(float(np.median(rough[judged])), 4) if judged.any() else 0.0,
         "FractionPlausible": round(_fraction(raw, lambda v: (v >= B1_PLAUSIBLE[0]) & (v <= B1_PLAUSIBLE[1])), 4),
     }
     gates, warnings_ = check_b1_plausibility(info, min_coverage=min_coverage, relaxed=relaxed,
