@@ -151,3 +151,35 @@ def test_relax_gate_turns_one_refusal_into_a_recorded_warning():
 def test_readout_order_bands(given, best, order, verdict):
     check = OrderCheck(given_residual=given, best_order=order, best_residual=best, n_voxels=2000)
     assert check.verdict == verdict and check.plausible == (verdict != "refuse")
+
+
+@pytest.mark.slow
+def test_pretrained_fits_of_corpus_datasets_are_unbiased_in_wm_and_gm():
+    """Full pretrained fits (shipped model, refinement with each scan's own random protocol)
+    of 4 corpus datasets (2 mm slabs, both anatomies): WM/GM |median bias| < 1 % for T1, T2,
+    IE, and for PD after one global scale (PD is in image units: the scale is the median
+    fitted/true PD over all pure WM, GM and CSF voxels)."""
+    from qalas_bids.qalas.fitting.fit_volume import fit_volume
+
+    rows = []
+    for index in (0, 1, 2, 5):
+        case = replace(draw_valid_case(index), resolution=2.0)
+        sim = simulate_case(case)
+        with tempfile.TemporaryDirectory() as folder:
+            inputs = check_run_inputs(write_case(sim, folder))
+        fit = fit_volume(inputs.data, inputs.b1, inputs.mask, case.timing, method="pretrained", device="cpu",
+                         progress=False, with_uncertainty=False, ssl_options={"force_model": True})
+        brain = sim.brain
+        pure = {t: brain.tissue_mask(t, 0.95) & inputs.mask for t in ("WM", "GM", "CSF")}
+        every = pure["WM"] | pure["GM"] | pure["CSF"]
+        pd_scale = float(np.median(fit.maps["pd"][every] / brain.pd[every]))
+        for tissue in ("WM", "GM"):
+            sel = pure[tissue]
+            for name in ("t1", "t2", "pd", "ie"):
+                ratio = fit.maps[name][sel] / getattr(brain, name)[sel] / (pd_scale if name == "pd" else 1.0)
+                rows.append((case.label, case.anatomy, round(case.snr), tissue, name, 100 * float(np.median(ratio) - 1)))
+    print("\ncase anatomy snr tissue map median-bias-%")
+    for row in rows:
+        print(*row[:5], f"{row[5]:+.2f}")
+    worst = max(rows, key=lambda r: abs(r[5]))
+    assert abs(worst[5]) < 1.0, worst
