@@ -68,26 +68,35 @@ def judged_region(head_mask: np.ndarray, zooms: Sequence[float], depth_mm: float
     The field-of-view border does not erode (a slab stays a slab); a mask too small to
     survive the erosion is returned as it is.
     """
+    return eroded_regions(head_mask, zooms, (depth_mm,))[0]
+
+
+def eroded_regions(head_mask: np.ndarray, zooms: Sequence[float], depths_mm: Sequence[float]) -> list[np.ndarray]:
+    """:func:`judged_region` for several depths (mm, increasing), eroding once; a region
+    too small to count (< 5 % of the head) is replaced by the previous depth's (or the head)."""
     head = np.asarray(head_mask, bool)
     if not head.any():
-        return head
+        return [head for _ in depths_mm]
     box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in np.nonzero(head))
-    structure = np.zeros((3, 3, 3), bool)
-    region = np.zeros_like(head)
     inner = head[box]
-    steps = [max(int(round(depth_mm / float(z))), 0) for z in zooms[:3]]
-    for step in range(max(steps)):  # erode each axis by its own number of voxels
-        structure[:] = False
-        structure[1, 1, 1] = True
-        for axis, n in enumerate(steps):
-            if step < n:
-                index = [1, 1, 1]
-                for offset in (0, 2):
-                    index[axis] = offset
-                    structure[tuple(index)] = True
-        inner = ndimage.binary_erosion(inner, structure, border_value=1)
-    region[box] = inner
-    return region if region.sum() >= 0.05 * head.sum() else head
+    out, done = [], 0
+    for depth in depths_mm:
+        steps = [max(int(round(depth / float(z))), 0) for z in zooms[:3]]
+        for step in range(done, max(steps)):  # erode each axis by its own number of voxels
+            structure = np.zeros((3, 3, 3), bool)
+            structure[1, 1, 1] = True
+            for axis, n in enumerate(steps):
+                if step < n:
+                    for offset in (0, 2):
+                        index = [1, 1, 1]
+                        index[axis] = offset
+                        structure[tuple(index)] = True
+            inner = ndimage.binary_erosion(inner, structure, border_value=1)
+        done = max(done, max(steps))
+        region = np.zeros_like(head)
+        region[box] = inner
+        out.append(region if region.sum() >= 0.05 * head.sum() else (out[-1] if out else head))
+    return out
 
 
 #: Smoothing (mm, Gaussian sigma) of the local mean a B1 map is compared with (``b1-roughness``).
@@ -227,8 +236,8 @@ def b1_in_qalas_space(famp_img: nib.spatialimages.SpatialImage, flip_angle_deg: 
     rough = np.asarray(resample_b1_to_qalas(rough_img, qalas_img).dataobj)
     head = head_mask.astype(bool) if head_mask is not None else np.ones(covered.shape, bool)
     zooms = qalas_img.header.get_zooms()[:3]
-    region = judged_region(head, zooms)
-    core = covered & judged_region(head, zooms, SUPPORT_DEPTH_MM)
+    region, core = eroded_regions(head, zooms, (JUDGE_DEPTH_MM, SUPPORT_DEPTH_MM))
+    core = covered & core
     n_region, n_head = int(region.sum()), int(head.sum())
     in_fov = covered & region
     judged = in_fov & supported
