@@ -233,7 +233,7 @@ def b1_source_inputs(b1_source, flip_angle_override: float | None) -> dict:
 
 def b1_on_qalas_grid(run: Any, reference: Any, head_mask: np.ndarray, flip_angle_override: float | None,
                      min_coverage: float = DEFAULT_MIN_COVERAGE,
-                     relaxed: Collection[str] = ()) -> tuple[np.ndarray, dict]:
+                     relaxed: Collection[str] = (), signal: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """The run's relative B1 on the QALAS grid (float32, 0 outside the head) and its summary.
 
     Relative B1, resampled with both affines, clipped and checked by
@@ -254,7 +254,7 @@ def b1_on_qalas_grid(run: Any, reference: Any, head_mask: np.ndarray, flip_angle
     try:
         img, info = b1_in_qalas_space(source, spec["flip_angle"], reference, head_mask=head_mask,
                                       relative=spec["relative"], min_coverage=min_coverage,
-                                      magnitude_img=magnitude, relaxed=relaxed)
+                                      magnitude_img=magnitude, signal=signal, relaxed=relaxed)
     except QalasInputError as exc:
         raise QalasInputError(f"{run.label}: B1 map {path.name}: {exc}") from None
     return np.asarray(img.dataobj, dtype=np.float32), info
@@ -313,7 +313,10 @@ def check_run_inputs(run: Any, *, use_b1: bool = True, flip_angle_override: floa
             mask = _head_mask(run, data4d)
             b1, b1_info = None, {}
             if use_b1 and run.b1 is not None:
-                b1, b1_info = b1_on_qalas_grid(run, reference, mask, flip_angle_override, min_coverage, relaxed)
+                from ..qalas.tissue.masking import signal_mask
+
+                b1, b1_info = b1_on_qalas_grid(run, reference, mask, flip_angle_override, min_coverage, relaxed,
+                                               signal=signal_mask(data4d))
         except QalasInputError:
             order.result()  # volumes out of order explain a failed mask or B1 check: that error first
             raise

@@ -207,14 +207,16 @@ def b1_in_qalas_space(famp_img: nib.spatialimages.SpatialImage, flip_angle_deg: 
                       relative: bool = False,
                       min_coverage: float = DEFAULT_MIN_COVERAGE, *,
                       magnitude_img: nib.spatialimages.SpatialImage | None = None,
+                      signal: np.ndarray | None = None,
                       relaxed: Collection[str] = ()) -> tuple[nib.Nifti1Image, dict]:
     """Full B1 preparation: relative B1 -> QALAS grid -> clip -> mask outside the head.
 
     ``famp_img`` is a TurboFLASH famp image (``relative=False``) or an already relative B1
     map (``relative=True``, ``flip_angle_deg`` ignored); ``magnitude_img`` the B1 map's own
-    magnitude (TurboFLASH anat image; optional) on the same grid. The map is judged where it
-    means something: in the brain region (:func:`judged_region`) where it has data
-    (:func:`data_support`), not in scalp or skull. Returns the image (0 outside the head when
+    magnitude (TurboFLASH anat image; optional) on the same grid; ``signal`` the QALAS voxels
+    with tissue signal (:func:`~qalas_bids.qalas.tissue.masking.signal_mask`; optional: the air
+    of sinuses is then not judged). The map is judged where it means something: in the brain
+    region (:func:`judged_region`) where it has data (:func:`data_support`), not in scalp or skull. Returns the image (0 outside the head when
     a mask is given) and a JSON-friendly summary (figures, gate records ``Gates``, warnings).
     Raises :class:`QalasInputError` for an implausible map (:func:`check_b1_plausibility`).
     """
@@ -237,10 +239,10 @@ def b1_in_qalas_space(famp_img: nib.spatialimages.SpatialImage, flip_angle_deg: 
     head = head_mask.astype(bool) if head_mask is not None else np.ones(covered.shape, bool)
     zooms = qalas_img.header.get_zooms()[:3]
     region, core = eroded_regions(head, zooms, (JUDGE_DEPTH_MM, SUPPORT_DEPTH_MM))
-    core = covered & core
+    core = covered & core & (signal if signal is not None else True)
     n_region, n_head = int(region.sum()), int(head.sum())
     in_fov = covered & region
-    judged = in_fov & supported
+    judged = in_fov & supported & (signal if signal is not None else True)
     coverage = float(in_fov.sum() / n_region) if n_region else 0.0
     raw = resampled[judged] if judged.any() else resampled[in_fov]  # an empty map: all of it
     # Outside the B1 field of view assume nominal B1 rather than an extrapolated value.
