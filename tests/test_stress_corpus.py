@@ -35,7 +35,9 @@ WORKERS = 2
 
 def _gate_of(warning: str) -> str:
     match = re.match(r"gate ([\w-]+)", warning)
-    return match.group(1) if match else "other"
+    if match:
+        return match.group(1)
+    return "note: scalp not covered" if warning.startswith("the B1 map covers") else "other"
 
 
 def _check(case, relaxed=()) -> dict:
@@ -51,7 +53,8 @@ def _check(case, relaxed=()) -> dict:
             return {"case": case.label, "refused": str(exc), "gates": []}
     warnings = list(inputs.warnings) + list(inputs.b1_info.get("Warnings", []))
     return {"case": case.label, "refused": None, "gates": sorted({_gate_of(w) for w in warnings}),
-            "figures": {k: v["Value"] for k, v in inputs.b1_info.get("Gates", {}).items()}}
+            "figures": {k: v["Value"] for k, v in inputs.b1_info.get("Gates", {}).items()},
+            "head_coverage": inputs.b1_info.get("HeadCoverage", 1.0)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -67,7 +70,7 @@ def _outcomes(kind: str, n: int) -> tuple[dict, ...]:
 
 def _table(outcomes) -> str:
     by_gate = collections.Counter(g for o in outcomes for g in o["gates"])
-    lines = [f"{'gate':<16}{'warned':>8}"] + [f"{g:<16}{n:>8}" for g, n in sorted(by_gate.items())]
+    lines = [f"{'gate':<24}{'warned':>8}"] + [f"{g:<24}{n:>8}" for g, n in sorted(by_gate.items())]
     return "\n".join(lines)
 
 
@@ -75,7 +78,9 @@ def test_valid_corpus_is_never_refused():
     outcomes = _outcomes("valid", N_VALID)
     refused = [(o["case"], o["refused"]) for o in outcomes if o["refused"]]
     flagged = sum(bool(o["gates"]) for o in outcomes)
-    print(f"\nvalid corpus: {len(outcomes)} datasets, {len(refused)} refused, {flagged} with warnings")
+    old_coverage = sum(o["head_coverage"] < 0.95 for o in outcomes if not o["refused"])
+    print(f"\nvalid corpus: {len(outcomes)} datasets, {len(refused)} refused, {flagged} with warnings; "
+          f"{old_coverage} cover < 95 % of the head (refused by the old whole-head coverage gate)")
     print(_table(outcomes))
     assert len(outcomes) == N_VALID
     assert refused == []

@@ -23,8 +23,8 @@ outside the map's  famp 0 or noise (uniform 0 - 2x nominal) where its own magnit
 own mask           no signal (skull, air, scalp edge)
 B1 grid            voxels 1 - 6 mm (anisotropic), rotated up to 15 deg about a random
                    axis, axes permuted (axial / coronal / sagittal order), shifted up to
-                   +-10 mm; covering the head, or only the brain + 6 - 12 mm (partial
-                   coverage that still covers the brain)
+                   +-10 mm; covering the head, or (30 %) only the brain's bounding box
+                   -3 to +6 mm (partial coverage: scalp cut, the brain still covered)
 =================  ==================================================================
 
 Implausible cases (``IMPLAUSIBLE_KINDS``) must each be refused or flagged: an anatomical
@@ -70,7 +70,7 @@ VALID_RANGES: dict[str, Any] = {
     "b1_voxel_mm": (1.0, 6.0),
     "b1_rotation_deg": (0.0, 15.0),
     "b1_shift_mm": (-10.0, 10.0),
-    "partial_margin_mm": (6.0, 12.0),
+    "partial_margin_mm": (-3.0, 6.0),
     "flip_angle_deg": (60.0, 90.0),
     "famp_noise": (0.01, 0.04),
     "p_relative_map": 0.2,
