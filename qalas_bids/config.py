@@ -44,6 +44,7 @@ class Settings:
     no_b1: bool = False
     b1_flip_angle: float | None = None
     b1_min_coverage: float = DEFAULT_MIN_COVERAGE
+    relaxed_gates: tuple[str, ...] = ()  # --relax-gate: refusals of these gates become warnings
     noise_floor_correction: bool = True
     vendor_preset: str | None = None
     seed: int = 0
@@ -103,6 +104,7 @@ class Settings:
             no_b1=opts.no_b1,
             b1_flip_angle=opts.b1_flip_angle,
             b1_min_coverage=getattr(opts, "b1_min_coverage", DEFAULT_MIN_COVERAGE),
+            relaxed_gates=tuple(dict.fromkeys(getattr(opts, "relax_gate", None) or ())),
             noise_floor_correction=not getattr(opts, "no_noise_floor_correction", False),
             vendor_preset=opts.vendor_preset,
             seed=opts.seed,

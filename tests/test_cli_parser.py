@@ -38,6 +38,14 @@ def test_defaults(bids, tmp_path):
     assert settings.noise_floor_correction is True
 
 
+def test_relax_gate_is_repeatable(bids, tmp_path):
+    settings = Settings.from_namespace(parse_args([str(bids), str(tmp_path / "out"), "participant",
+                                                   "--relax-gate", "b1-median", "--relax-gate", "readout-order",
+                                                   "--relax-gate", "b1-median"]))
+    assert settings.relaxed_gates == ("b1-median", "readout-order")
+    assert Settings.from_namespace(parse_args([str(bids), str(tmp_path / "o"), "participant"])).relaxed_gates == ()
+
+
 def test_noise_floor_correction_can_be_turned_off(bids, tmp_path):
     from qalas_bids.qalas.fitting.fit_volume import fit_volume
     from qalas_bids.qalas.phantom.digital_brain import make_digital_brain
@@ -92,6 +100,7 @@ def test_plugin_yaml(bids, tmp_path):
     (["--synth-contrasts", "T1w,MPRAGE"], "invalid choice(s) MPRAGE"),
     (["--no-b1", "--b1-min-coverage", "0.5"], "--no-b1"),
     (["--b1-min-coverage", "95"], "fraction between 0 and 1"),
+    (["--relax-gate", "b1-everything"], "invalid choice"),
     (["--synth-params", "{synth}", '{"T1w": {"RepetitionTime": -1}}'], "RepetitionTime must be in (0, 30]"),
     (["--synth-params", "{synth}", '{"FLAIR": {"RepetitionTime": 2, "InversionTime": 3}}'],
      "must end before RepetitionTime"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -142,16 +142,18 @@ def load_qalas_run(run: Any) -> tuple[np.ndarray, Any]:
     return data4d, images[0]
 
 
-def check_volume_order(run: Any, data4d: np.ndarray) -> list[str]:
+def check_volume_order(run: Any, data4d: np.ndarray, relaxed: Collection[str] = ()) -> list[str]:
     """Refuse QALAS volumes that are not in readout order (before any work).
 
     Uses the signal (:func:`qalas_bids.qalas.fitting.readout_order.check_readout_order`, a quick
     fit of a voxel sample in the given order and in alternative orders, including the one
     the sidecars' ``InversionTime`` implies). Raises :class:`QalasInputError` naming the
-    files and the order that fits; returns warnings (sidecar times that do not increase
-    although the images fit best as given).
+    files and the order that fits (``readout-order`` in ``relaxed``: a warning instead);
+    returns warnings (an alternative order fits nearly as well as the given one; sidecar
+    times that do not increase although the images fit best as given).
     """
-    from ..qalas.fitting.readout_order import check_readout_order, sample_voxels
+    from ..qalas.fitting.readout_order import ORDER_RATIO, ORDER_WARN_RATIO, check_readout_order, sample_voxels
+    from ..qalas.gates import relax_hint
 
     if run.timing is None:
         return []
@@ -164,7 +166,12 @@ def check_volume_order(run: Any, data4d: np.ndarray) -> list[str]:
     result = check_readout_order(voxels, run.timing.timing,
                                  extra_orders=[sidecar_order] if sidecar_order else [])
     files = [Path(f).name for f in run.qalas_files]
-    if not result.plausible:
+    warnings_ = [] if result.verdict == "fine" else [
+        f"gate readout-order: an alternative volume order {list(result.best_order)} leaves a median "
+        f"residual of {100 * result.best_residual:.1f} % against {100 * result.given_residual:.1f} % in "
+        f"the given order (ratio {result.ratio:.2f}; refused below {ORDER_RATIO}, warned below "
+        f"{ORDER_WARN_RATIO}); fitted in the given order"]
+    if result.verdict == "refuse":
         if len(files) > 1:
             fix = "rename the files so that inv-<k> is the k-th readout: " + ", ".join(
                 f"{files[src]} -> inv-{k}" for k, src in enumerate(result.best_order) if src != k)
@@ -172,17 +179,20 @@ def check_volume_order(run: Any, data4d: np.ndarray) -> list[str]:
             fix = (f"reorder the volumes of {files[0]} as {list(result.best_order)} (volume k of the "
                    "new file = that volume of the old one), e.g. with nibabel")
         hint = f"; the sidecars' InversionTime is {times}" if numeric else ""
-        raise QalasInputError(
+        message = (
             f"{run.label}: the QALAS volumes are not in readout order. A quick fit of "
             f"{result.n_voxels} voxels leaves a median residual of {100 * result.given_residual:.0f} % "
             f"in the given order but {100 * result.best_residual:.1f} % in the order "
             f"{list(result.best_order)}{hint}. Fix the input: {fix} (or check --vendor-preset "
             "if the timing is another vendor's)")
+        if "readout-order" not in relaxed:
+            raise QalasInputError(message + "." + relax_hint("readout-order"))
+        warnings_ = [f"gate readout-order: refusal relaxed with --relax-gate readout-order. {message}"]
     if numeric and any(b <= a for a, b in zip(times, times[1:])):
-        return [f"the QALAS sidecars' InversionTime {times} does not increase, but the images fit "
-                "the signal model best in the given order (inv index / volume order): the sidecars "
-                "are probably wrong; fitted in the given order"]
-    return []
+        warnings_.append(f"the QALAS sidecars' InversionTime {times} does not increase, but the images fit "
+                         "the signal model best in the given order (inv index / volume order): the sidecars "
+                         "are probably wrong; fitted in the given order")
+    return warnings_
 
 
 def load_b1_image(path: str | Path, scale: float = 1.0) -> nib.Nifti1Image:
@@ -222,12 +232,14 @@ def b1_source_inputs(b1_source, flip_angle_override: float | None) -> dict:
 
 
 def b1_on_qalas_grid(run: Any, reference: Any, head_mask: np.ndarray, flip_angle_override: float | None,
-                     min_coverage: float = DEFAULT_MIN_COVERAGE) -> tuple[np.ndarray, dict]:
+                     min_coverage: float = DEFAULT_MIN_COVERAGE,
+                     relaxed: Collection[str] = (), signal: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """The run's relative B1 on the QALAS grid (float32, 0 outside the head) and its summary.
 
     Relative B1, resampled with both affines, clipped and checked by
-    :func:`qalas_bids.qalas.b1.prepare.b1_in_qalas_space`. Raises :class:`QalasInputError`
-    naming the run and the file when the map would give wrong maps.
+    :func:`qalas_bids.qalas.b1.prepare.b1_in_qalas_space` where the map has data (the
+    TurboFLASH anat image, when there is one, is its magnitude). Raises
+    :class:`QalasInputError` naming the run and the file when the map would give wrong maps.
     """
     from ..qalas.b1.prepare import b1_in_qalas_space
 
@@ -238,12 +250,28 @@ def b1_on_qalas_grid(run: Any, reference: Any, head_mask: np.ndarray, flip_angle
         source = load_b1_image(path, spec["scale"])
     except QalasInputError as exc:
         raise QalasInputError(f"{run.label}: {exc}") from None
+    magnitude = _b1_magnitude(run.b1, source)
     try:
         img, info = b1_in_qalas_space(source, spec["flip_angle"], reference, head_mask=head_mask,
-                                      relative=spec["relative"], min_coverage=min_coverage)
+                                      relative=spec["relative"], min_coverage=min_coverage,
+                                      magnitude_img=magnitude, signal=signal, relaxed=relaxed)
     except QalasInputError as exc:
         raise QalasInputError(f"{run.label}: B1 map {path.name}: {exc}") from None
     return np.asarray(img.dataobj, dtype=np.float32), info
+
+
+def _b1_magnitude(b1_source: Any, source: Any) -> Any:
+    """The TurboFLASH anat (magnitude) image on the famp grid, or None (absent, unreadable or
+    on another grid: then only the map's own zeros mark where it has no data)."""
+    path = (b1_source.files or {}).get("anat") if b1_source.kind == "tfl" else None
+    if not path:
+        return None
+    try:
+        image = load_b1_image(path)
+    except QalasInputError:
+        return None
+    same_grid = image.shape[:3] == source.shape[:3] and np.allclose(image.affine, source.affine, atol=AFFINE_ATOL)
+    return image if same_grid else None
 
 
 @dataclass
@@ -267,24 +295,28 @@ class RunInputs:
 
 
 def check_run_inputs(run: Any, *, use_b1: bool = True, flip_angle_override: float | None = None,
-                     min_coverage: float = DEFAULT_MIN_COVERAGE) -> RunInputs:
+                     min_coverage: float = DEFAULT_MIN_COVERAGE, relaxed: Collection[str] = ()) -> RunInputs:
     """Read one run once and check everything its data can get wrong, before any work.
 
     Unreadable files, NaN/Inf, negative or empty contrasts, volumes out of readout order
     (exit 2 with the fix), an empty head, and a B1 map that is implausible or covers too
-    little of the head all raise :class:`QalasInputError`. The arrays it returns are the
+    little of the head all raise :class:`QalasInputError` (gates named in ``relaxed`` warn
+    instead, ``--relax-gate``; ``docs/gates.md``). The arrays it returns are the
     fit's inputs (:func:`write_run_inputs`), so nothing is read or computed twice.
     """
     data4d, reference = load_qalas_run(run)  # NaN/Inf, negative, empty contrasts
     # The readout-order check (a quick torch fit, outside the GIL) runs alongside the head
     # mask and the B1 resampling (scipy); its error, if any, is raised first.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        order = pool.submit(check_volume_order, run, data4d)  # out of readout order: error
+        order = pool.submit(check_volume_order, run, data4d, relaxed)  # out of readout order: error
         try:
             mask = _head_mask(run, data4d)
             b1, b1_info = None, {}
             if use_b1 and run.b1 is not None:
-                b1, b1_info = b1_on_qalas_grid(run, reference, mask, flip_angle_override, min_coverage)
+                from ..qalas.tissue.masking import signal_mask
+
+                b1, b1_info = b1_on_qalas_grid(run, reference, mask, flip_angle_override, min_coverage, relaxed,
+                                               signal=signal_mask(data4d))
         except QalasInputError:
             order.result()  # volumes out of order explain a failed mask or B1 check: that error first
             raise

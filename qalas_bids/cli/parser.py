@@ -10,6 +10,7 @@ from pathlib import Path
 from .. import __version__
 from ..bids.derivatives import output_location_problem
 from ..qalas.b1.prepare import DEFAULT_MIN_COVERAGE
+from ..qalas.gates import RELAXABLE_GATES
 from ..qalas.fitting.fit_volume import METHODS as FIT_MODES
 from . import validators as v
 
@@ -89,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--b1-min-coverage", type=v.fraction, metavar="FRACTION", default=DEFAULT_MIN_COVERAGE,
                    help="smallest fraction of the head the B1 map must cover; B1 = 1 is assumed "
                         "outside it (0 accepts any coverage)")
+    g.add_argument("--relax-gate", dest="relax_gate", action="append", choices=RELAXABLE_GATES,
+                   metavar="GATE", default=[],
+                   help="turn the refusal of one plausibility gate into a warning recorded in every "
+                        "sidecar (repeatable; the refusal message names its gate): "
+                        + ", ".join(RELAXABLE_GATES) + " (docs/gates.md)")
     g.add_argument("--vendor-preset", choices=VENDOR_PRESETS,
                    help="QALAS timing preset to use instead of the sidecar's Manufacturer")
     g.add_argument("--seed", type=v.non_negative_int, default=0,

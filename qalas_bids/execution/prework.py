@@ -113,7 +113,7 @@ def prepare_inputs(settings: Settings, runs: list) -> list:
     def prepare(index: int):
         run = runs[index]
         checked = check_run_inputs(run, use_b1=not settings.no_b1, flip_angle_override=settings.b1_flip_angle,
-                                   min_coverage=settings.b1_min_coverage)
+                                   min_coverage=settings.b1_min_coverage, relaxed=settings.relaxed_gates)
         return write_run_inputs(checked, folder / run.label), checked.warnings
 
     prepared = []

@@ -27,6 +27,8 @@ N_CONTRASTS = 5
 IDENTITY = tuple(range(N_CONTRASTS))
 #: An alternative order must fit this many times better than the given one to reject it.
 ORDER_RATIO = 0.5
+#: ... and between this and :data:`ORDER_RATIO` the run goes on with a warning (middle band).
+ORDER_WARN_RATIO = 0.8
 #: ... and the given order must leave at least this median relative residual.
 ORDER_FLOOR = 0.01
 SAMPLE_VOXELS = 2000
@@ -42,9 +44,22 @@ class OrderCheck:
     n_voxels: int
 
     @property
+    def ratio(self) -> float:
+        """Best alternative's residual / the given order's (1 when the given order is best)."""
+        return self.best_residual / self.given_residual if self.given_residual > 0 else 1.0
+
+    @property
+    def verdict(self) -> str:
+        """``"refuse"`` (an alternative fits >= 2x better), ``"warning"`` (1.25-2x) or ``"fine"``."""
+        if self.best_order == IDENTITY or self.given_residual <= ORDER_FLOOR:
+            return "fine"
+        if self.ratio < ORDER_RATIO:
+            return "refuse"
+        return "warning" if self.ratio < ORDER_WARN_RATIO else "fine"
+
+    @property
     def plausible(self) -> bool:
-        return not (self.best_order != IDENTITY and self.given_residual > ORDER_FLOOR
-                    and self.best_residual < ORDER_RATIO * self.given_residual)
+        return self.verdict != "refuse"
 
 
 def sample_voxels(data4d: np.ndarray, n: int = SAMPLE_VOXELS, seed: int = 0) -> np.ndarray:
@@ -104,15 +119,19 @@ def _quiet_single_threaded():
         torch.set_num_threads(old_threads)
 
 
-def median_residual(voxels: np.ndarray, timing: SequenceTiming) -> float:
-    """Median relative residual of a quick fit (shipped network + refinement, B1 = 1)."""
+def relative_residuals(voxels: np.ndarray, timing: SequenceTiming) -> np.ndarray:
+    """Per-voxel relative residual of a quick fit (shipped network + refinement, B1 = 1)."""
     from .ssl import fit_ssl
     from .uncertainty import relative_residual
 
     fit = fit_ssl(voxels, None, timing, mode="pretrained", force_model=True, progress=False,
                   device="cpu")
-    res = relative_residual(voxels, fit.t1, fit.t2, fit.pd, fit.ie, 1.0, timing, device="cpu")
-    return float(np.median(res))
+    return np.asarray(relative_residual(voxels, fit.t1, fit.t2, fit.pd, fit.ie, 1.0, timing, device="cpu"))
+
+
+def median_residual(voxels: np.ndarray, timing: SequenceTiming) -> float:
+    """Median relative residual of a quick fit (shipped network + refinement, B1 = 1)."""
+    return float(np.median(relative_residuals(voxels, timing)))
 
 
 def check_readout_order(voxels: np.ndarray, timing: SequenceTiming,
@@ -121,9 +140,10 @@ def check_readout_order(voxels: np.ndarray, timing: SequenceTiming,
 
     ``best_order[k]`` is the index of the given volume that should come k-th.
     """
-    with _quiet_single_threaded():
-        residuals = {order: median_residual(voxels[:, list(order)], timing)
-                     for order in candidate_orders(extra_orders)}
+    orders = candidate_orders(extra_orders)
+    with _quiet_single_threaded():  # one fit of every order's voxels (per-voxel: same result, less overhead)
+        stacked = relative_residuals(np.concatenate([voxels[:, list(o)] for o in orders]), timing)
+    residuals = {order: float(np.median(part)) for order, part in zip(orders, np.split(stacked, len(orders)))}
     best = min(residuals, key=residuals.get)
     return OrderCheck(given_residual=residuals[IDENTITY], best_order=best,
                       best_residual=residuals[best], n_voxels=int(voxels.shape[0]))

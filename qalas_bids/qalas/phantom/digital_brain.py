@@ -149,13 +149,20 @@ def add_rician_noise(signals: np.ndarray, sigma: float, rng: np.random.Generator
     return np.hypot(real, imag)
 
 
-@functools.lru_cache(maxsize=8)
-def _template_fractions(resolution: float, margin_mm: float,
-                        anatomy: str = "brain") -> tuple[dict[str, np.ndarray], np.ndarray]:
+#: Extra 1 mm template kept above and below a ``z_slab`` while the head tissues are built
+#: (their distance transforms then see the brain beyond the slab).
+SLAB_PAD_MM = 20.0
+
+
+@functools.lru_cache(maxsize=16)
+def _template_fractions(resolution: float, margin_mm: float, anatomy: str = "brain",
+                        z_slab: tuple[float, float] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """(tissue fractions, affine) of the MNI152 templates shipped with nilearn.
 
     ``anatomy="brain"``: WM, GM, CSF. ``"head"``: also the scalp, fat, eyes, skull and
     sinuses of :mod:`.head_anatomy`, built on a 1 mm grid and resampled like the brain.
+    ``z_slab``: world z range (mm) of an axial slab; only that part is computed (fast
+    small volumes for tests), the head tissues from the slab plus :data:`SLAB_PAD_MM`.
     """
     from nilearn import datasets  # local import: nilearn is slow to import
 
@@ -172,10 +179,13 @@ def _template_fractions(resolution: float, margin_mm: float,
     world_lo = nib.affines.apply_affine(src_affine, lo) - margin_mm
     world_hi = nib.affines.apply_affine(src_affine, hi - 1) + margin_mm
 
-    def grid(step: float) -> tuple[tuple[int, ...], np.ndarray]:
-        shape = tuple(int(np.ceil(n)) + 1 for n in (world_hi - world_lo) / step)
+    def grid(step: float, pad: float = 0.0) -> tuple[tuple[int, ...], np.ndarray]:
+        lo_, hi_ = world_lo.copy(), world_hi.copy()
+        if z_slab is not None:
+            lo_[2], hi_[2] = z_slab[0] - pad, z_slab[1] + pad
+        shape = tuple(int(np.ceil(n)) + 1 for n in (hi_ - lo_) / step)
         affine = np.diag([step, step, step, 1.0])
-        affine[:3, 3] = world_lo
+        affine[:3, 3] = lo_
         return shape, affine
 
     def resample(data: np.ndarray, src: np.ndarray, target) -> np.ndarray:
@@ -196,13 +206,13 @@ def _template_fractions(resolution: float, margin_mm: float,
     if anatomy == "brain":
         fractions = brain_fractions((shape, affine))
     else:
-        fine_grid = grid(1.0)
+        fine_grid = grid(1.0, SLAB_PAD_MM)
         fine = brain_fractions(fine_grid)
         total = fine["WM"] + fine["GM"] + fine["CSF"]
         head = head_fractions(total, _world_grid(fine_grid[0], fine_grid[1]))
         fine["CSF"] = fine["CSF"] + head.pop("CSF")
         fine.update(head)
-        fractions = fine if resolution == 1.0 else {
+        fractions = fine if resolution == 1.0 and z_slab is None else {
             name: resample(frac, fine_grid[1], (shape, affine)) for name, frac in fine.items()}
     for arr in fractions.values():
         arr[arr < 1e-3] = 0.0
@@ -259,6 +269,8 @@ def make_digital_brain(
     margin_mm: float = 12.0,
     anatomy: str = "brain",
     receive_amplitude: float = 0.0,
+    z_slab: tuple[float, float] | None = None,
+    b1_field_factory: Callable[[np.ndarray, np.ndarray], Callable[[np.ndarray], np.ndarray]] | None = None,
 ) -> DigitalBrain:
     """Simulate a 3D-QALAS acquisition of the digital brain (see the module docstring).
 
@@ -278,6 +290,10 @@ def make_digital_brain(
         ``1 + a * g`` with ``g`` running linearly from -1 (anterior) to +1 (posterior) over the
         head (0 <= a < 0.5). It scales all five contrasts alike, so T1/T2/IE are unaffected and
         the fitted PD is ``pd * receive`` (``DigitalBrain.receive``)
+    z_slab : world z range (mm, MNI152) of an axial slab to simulate instead of the whole
+        brain (small volumes for tests; the brain centre/axes of the B1 field are then the slab's)
+    b1_field_factory : ``factory(centre_mm, semi_axes_mm) -> field(world_xyz)`` of another
+        B1 field (default :func:`make_b1_field` with ``b1_scale``)
     """
     if not (0.0 <= receive_amplitude < 0.5):
         raise QalasInputError(f"receive_amplitude must be in [0, 0.5), got {receive_amplitude!r}")
@@ -290,7 +306,8 @@ def make_digital_brain(
     if not (0.5 <= b1_scale <= 1.5):
         raise QalasInputError(f"b1_scale must be in [0.5, 1.5], got {b1_scale!r}")
     timing = timing or SequenceTiming()
-    fractions, affine = _template_fractions(float(resolution), float(margin_mm), anatomy)
+    slab = None if z_slab is None else (float(z_slab[0]), float(z_slab[1]))
+    fractions, affine = _template_fractions(float(resolution), float(margin_mm), anatomy, slab)
     fractions = {k: v.copy() for k, v in fractions.items()}
     affine = affine.copy()
     shape = fractions["WM"].shape
@@ -306,7 +323,7 @@ def make_digital_brain(
     brain_idx = np.argwhere(brain_mask)
     corners = nib.affines.apply_affine(affine, np.array([brain_idx.min(0), brain_idx.max(0)]))
     lo, hi = corners.min(0), corners.max(0)
-    b1_field = make_b1_field((lo + hi) / 2, (hi - lo) / 2, b1_scale)
+    b1_field = (b1_field_factory or functools.partial(make_b1_field, b1_scale=b1_scale))((lo + hi) / 2, (hi - lo) / 2)
     b1 = b1_field(world)
 
     noiseless = np.zeros(shape + (5,), dtype=np.float64)

@@ -71,6 +71,14 @@ def head_threshold(rms: np.ndarray) -> float:
     return min(max(noise_thr, 0.0), otsu) if noise_thr > 0 else 0.0
 
 
+def signal_mask(qalas4d: np.ndarray) -> np.ndarray:
+    """Voxels whose RMS over the five contrasts is above the background (:func:`head_threshold`):
+    tissue with signal, without the air of sinuses and airways that the head mask fills."""
+    data = np.asarray(qalas4d)
+    rms = np.sqrt(np.einsum("...k,...k->...", data, data, dtype=np.float32, casting="unsafe") / data.shape[-1])
+    return rms > head_threshold(rms)
+
+
 def compute_head_mask(qalas4d: np.ndarray) -> np.ndarray:
     """Boolean head mask ``(X, Y, Z)`` from QALAS magnitudes ``(X, Y, Z, 5)``.
 
