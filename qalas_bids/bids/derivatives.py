@@ -39,6 +39,8 @@ CODE_URL = "https://github.com/qalas-bids/qalas-bids"
 CUSTOM_SUFFIXES = ("IEmap", "QALAS", "DIR", "PSIR", "STIR")
 BIDSIGNORE_LINES = tuple(f"*_{s}.*" for s in CUSTOM_SUFFIXES) + (
     "*.html", "logs/", "/sub-*/figures", "/sub-*/log",
+    # transforms (from-/to-/mode- entities are not in BIDS yet) and atlas tables (XCP-D's stat-)
+    "*_xfm.*", "*_stat-*",
     # group level: summary tables (not BIDS files) and their figures
     "/group_*", "/group")
 #: Spaces the BIDS schema knows need no ``SpatialReference``; ours (``QALAS``) does.

@@ -20,6 +20,16 @@ MAP_NAMES = (("T1map", None), ("T2map", None), ("PDmap", None), ("IEmap", None),
 MASK_NAMES = (("mask", "brain"), ("mask", "head"))
 
 
+def _map_description(suffix: str, desc: str | None) -> dict:
+    """Units and Description of a resampled output (from the QALAS-space sidecars' table)."""
+    from ..bids.sidecars import MAP_OUTPUTS
+
+    for out_suffix, out_desc, units, description in MAP_OUTPUTS:
+        if (out_suffix, out_desc) == (suffix, desc):
+            return {"Units": units, "Description": description}
+    return {"Units": "arbitrary", "Description": f"synthetic {suffix} contrast"}
+
+
 class _ToSpacesInputSpec(BaseInterfaceInputSpec):
     maps = InputMultiObject(File(exists=True), mandatory=True, desc="nine maps (MAP_KEYS order)")
     brain_mask = File(exists=True, mandatory=True)
@@ -102,7 +112,7 @@ class ToOutputSpaces(SimpleInterface):
                 out["image_files"].append(path)
                 out["image_paths"].append(derivative_path(ents, suffix, desc=desc, space=space,
                                                           res=res, cohort=cohort))
-                out["image_metadata"].append(dict(meta))
+                out["image_metadata"].append({**meta, **_map_description(suffix, desc)})
             for (suffix, desc), data in zip(MASK_NAMES, (brain, head)):
                 moved = reg.resample_array(data.astype(np.uint8), ref.affine, transform, shape, affine,
                                            nearest=True)
@@ -112,7 +122,7 @@ class ToOutputSpaces(SimpleInterface):
                 out["mask_paths"].append(derivative_path(ents, suffix, desc=desc, space=space,
                                                          res=res, cohort=cohort))
                 out["mask_metadata"].append({**meta, "Interpolation": "nearest neighbour",
-                                             "Type": "Brain" if desc == "brain" else "Head"})
+                                             **({"Type": "Brain"} if desc == "brain" else {})})
 
         rigid = None
         if isdefined(self.inputs.t1w):

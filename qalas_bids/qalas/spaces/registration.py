@@ -124,7 +124,7 @@ def register_affine_bspline(fixed: sitk.Image, moving: sitk.Image, *, seed: int 
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     reg.SetInitialTransform(affine_init, inPlace=False)
     affine = _run(reg, fixed, moving)
-    affine_tx = sitk.AffineTransform(_only(affine.transform))
+    affine_tx = sitk.AffineTransform(single_transform(affine.transform))
 
     size_mm = np.array(fixed.GetSize()) * np.array(fixed.GetSpacing())
     mesh = [max(1, int(round(s / mesh_mm))) for s in size_mm]
@@ -143,11 +143,11 @@ def register_affine_bspline(fixed: sitk.Image, moving: sitk.Image, *, seed: int 
     result = _run(reg, fixed, moving)
     composite = sitk.CompositeTransform(3)
     composite.AddTransform(affine_tx)
-    composite.AddTransform(_only(result.transform))
+    composite.AddTransform(single_transform(result.transform))
     return RegistrationResult(composite, result.metric, affine.iterations + result.iterations)
 
 
-def _only(transform: sitk.Transform) -> sitk.Transform:
+def single_transform(transform: sitk.Transform) -> sitk.Transform:
     """The single transform inside a one-element composite (what ``Execute`` returns)."""
     if isinstance(transform, sitk.CompositeTransform) and transform.GetNumberOfTransforms() == 1:
         return transform.GetNthTransform(0)

@@ -13,7 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .registration import (RegistrationResult, chain, register_affine_bspline, register_rigid,
-                           to_sitk)
+                           single_transform, to_sitk)
 
 #: Inversion and repetition times (s) of the MPRAGE-like registration contrast.
 CONTRAST_TI_S, CONTRAST_TR_S = 0.9, 2.3
@@ -34,7 +34,8 @@ def qalas_to_t1w(contrast: np.ndarray, qalas_affine: np.ndarray, t1w: np.ndarray
     ``from-QALAS_to-T1w_mode-image`` convention)."""
     fixed = to_sitk(t1w, t1w_affine)
     mask = None if t1w_mask is None else to_sitk(t1w_mask.astype(np.float32), t1w_affine)
-    return register_rigid(fixed, to_sitk(contrast, qalas_affine), seed=seed, fixed_mask=mask)
+    result = register_rigid(fixed, to_sitk(contrast, qalas_affine), seed=seed, fixed_mask=mask)
+    return RegistrationResult(single_transform(result.transform), result.metric, result.iterations)
 
 
 def qalas_to_template(brain_contrast: np.ndarray, qalas_affine: np.ndarray, template: np.ndarray,
