@@ -194,12 +194,13 @@ def test_e2e_t1w_and_template_spaces_offline(tmp_path, monkeypatch, no_user_home
     from qalas_bids.demo.dataset import write_demo_dataset
     from qalas_bids.qalas.spaces import registration as reg
 
-    bids = write_demo_dataset(tmp_path / "bids", anatomy="head", with_t1w=True)
+    bids = write_demo_dataset(tmp_path / "bids", anatomy="head", with_smriprep=True)
     out, work = tmp_path / "out", tmp_path / "work"
+    args = ["participant", "-w", str(work), "--fit-mode", "pretrained", "--nprocs", "1",
+            "--skip-bids-validation", "-q", "--synth-contrasts", "T1w",
+            "--output-spaces", "qalas", "T1w", "MNI152NLin2009cAsym:res-2"]
     with pytest.raises(SystemExit) as exit_info:
-        main([str(bids), str(out), "participant", "-w", str(work), "--fit-mode", "pretrained",
-              "--nprocs", "1", "--skip-bids-validation", "-q", "--synth-contrasts", "T1w",
-              "--output-spaces", "qalas", "T1w", "MNI152NLin2009cAsym:res-2"])
+        main([str(bids), str(out), *args])
     assert exit_info.value.code == 0
     anat = out / "sub-01" / "ses-01" / "anat"
     prefix = "sub-01_ses-01_run-1_"
@@ -224,11 +225,27 @@ def test_e2e_t1w_and_template_spaces_offline(tmp_path, monkeypatch, no_user_home
     rigid = reg.read_transform(str(anat / f"{prefix}from-QALAS_to-T1w_mode-image_xfm.txt"))
     rms = float(np.sqrt(((reg.transform_points(rigid, y) - x) ** 2).sum(1).mean()))
     assert rms <= 0.5, rms
+    # --derivatives: sMRIPrep's (known) T1w -> template transform is reused, only the rigid
+    # step is computed; the written QALAS -> template transform matches the known mapping
+    smriprep = bids / "derivatives" / "smriprep"
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(bids), str(tmp_path / "out_deriv"), *args, "--derivatives", f"smriprep={smriprep}"])
+    assert exit_info.value.code == 0
+    known = np.array(json.loads((bids / "derivatives/groundtruth/sub-01/ses-01/anat/"
+                                 "sub-01_ses-01_desc-templatexfm_simulation.json").read_text())["TemplateToQalasWorld"])
+    reused = reg.read_transform(str(tmp_path / "out_deriv" / "sub-01/ses-01/anat" /
+                                    f"{prefix}from-QALAS_to-MNI152NLin2009cAsym_mode-image_xfm.h5"))
+    tpl = nib.load(anat / f"{prefix}space-MNI152NLin2009cAsym_res-2_T1map.nii.gz")
+    p = (tpl.affine @ np.vstack([np.argwhere(np.ones(tpl.shape, bool)[::8, ::8, ::8]).T * 8,
+                                 np.ones(13 * 15 * 13)]))[:3].T
+    diff = reg.transform_points(reused, p) - (p @ known[:3, :3].T + known[:3, 3])
+    assert np.sqrt((diff ** 2).sum(1).mean()) <= 0.5
     from bids import BIDSLayout
 
     layout = BIDSLayout(str(out), validate=False, is_derivative=True)
-    assert len(layout.get(space="MNI152NLin2009cAsym", suffix="T1map", extension=".nii.gz")) == 1
-    assert len(layout.get(space="T1w", suffix="T1map", extension=".nii.gz")) == 1
+    for space in ("MNI152NLin2009cAsym", "T1w"):
+        found = layout.get(space=space, suffix="T1map", extension=".nii.gz")
+        assert len([f for f in found if "desc" not in f.entities]) == 1, found
     exe = str(VALIDATOR) if VALIDATOR.exists() else shutil.which("bids-validator-deno")
     assert exe, "bids-validator-deno is a test dependency"
     monkeypatch.undo()  # the validator is a subprocess; sockets back for it

@@ -87,3 +87,59 @@ def write_moved_t1w(anat_dir: Path, prefix: str, brain: DigitalBrain, qalas_affi
         "TranslationMM": list(MOTION_MM), "RotationCentreMM": centre.tolist(),
         "T1wVoxelMM": voxel_mm}, indent=2) + "\n")
     return path
+
+
+def moments_affine(moving_mask: np.ndarray, moving_affine: np.ndarray, fixed_mask: np.ndarray,
+                   fixed_affine: np.ndarray) -> np.ndarray:
+    """4x4 RAS map of fixed points to moving points matching the masks' centroids and
+    per-axis spreads (a known, exactly defined stand-in for a T1w -> template registration)."""
+    def stats(mask, affine):
+        pts = (affine @ np.vstack([np.argwhere(mask).T, np.ones(int(mask.sum()))]))[:3].T
+        return pts.mean(0), pts.std(0)
+
+    c_m, s_m = stats(moving_mask, moving_affine)
+    c_f, s_f = stats(fixed_mask, fixed_affine)
+    out = np.eye(4)
+    out[:3, :3] = np.diag(s_m / s_f)
+    out[:3, 3] = c_m - out[:3, :3] @ c_f
+    return out
+
+
+def write_smriprep_like(root: Path, sub: str, ses: str | None, t1w_path: Path, brain: DigitalBrain,
+                        qalas_affine: np.ndarray, truth_dir: Path) -> Path:
+    """An sMRIPrep-like derivatives folder: ``desc-preproc_T1w`` (the T1w), ``desc-brain_mask``
+    and ``from-T1w_to-MNI152NLin2009cAsym_mode-image_xfm.h5`` = a known affine
+    (:func:`moments_affine` of the true brain onto the template brain mask, through the true
+    motion). The template -> QALAS mapping it implies is written under ``truth_dir``."""
+    import shutil
+
+    import nibabel as nib
+
+    from ..bids.templates import SHIPPED_DIR, SHIPPED_TEMPLATE
+    from ..qalas.spaces import registration as reg
+
+    motion = np.array(json.loads((truth_dir / f"{t1w_path.name[:-len('_T1w.nii.gz')]}"
+                                  "_desc-T1wmotion_simulation.json").read_text())["QalasToT1wWorld"])
+    tpl_mask = nib.load(SHIPPED_DIR / f"tpl-{SHIPPED_TEMPLATE}" /
+                        f"tpl-{SHIPPED_TEMPLATE}_res-02_desc-brain_mask.nii.gz")
+    to_qalas = moments_affine(brain.brain_mask, qalas_affine, np.asarray(tpl_mask.dataobj) > 0, tpl_mask.affine)
+    to_t1w = motion @ to_qalas  # template points -> T1w points
+    anat = root / f"sub-{sub}" / (f"ses-{ses}" if ses else "") / "anat"
+    anat.mkdir(parents=True, exist_ok=True)
+    (root / "dataset_description.json").write_text(json.dumps({
+        "Name": "sMRIPrep-like derivatives of the qalas-bids demo (simulated)", "BIDSVersion": "1.10.0",
+        "DatasetType": "derivative", "GeneratedBy": [{"Name": "qalas-bids-demo-data"}]}, indent=2) + "\n")
+    stem = t1w_path.name[:-len("_T1w.nii.gz")]
+    shutil.copyfile(t1w_path, anat / f"{stem}_desc-preproc_T1w.nii.gz")
+    t1w = nib.load(t1w_path)
+    to_qalas_vox = np.linalg.inv(qalas_affine) @ np.linalg.inv(motion) @ t1w.affine
+    mask = ndimage.affine_transform(brain.brain_mask.astype(np.float32), to_qalas_vox[:3, :3],
+                                    to_qalas_vox[:3, 3], output_shape=t1w.shape, order=0)
+    nib.save(nib.Nifti1Image(mask.astype(np.uint8), t1w.affine), anat / f"{stem}_desc-brain_mask.nii.gz")
+    composite = reg.chain(reg.rigid_from_ras_matrix(to_t1w))
+    reg.write_transform(composite, str(anat / f"{stem}_from-T1w_to-{SHIPPED_TEMPLATE}_mode-image_xfm.h5"))
+    (truth_dir / f"{stem}_desc-templatexfm_simulation.json").write_text(json.dumps({
+        "Description": f"true mapping of {SHIPPED_TEMPLATE} points (RAS mm) to QALAS world points "
+                       "implied by the sMRIPrep-like transform", "TemplateToQalasWorld": to_qalas.tolist()},
+        indent=2) + "\n")
+    return root

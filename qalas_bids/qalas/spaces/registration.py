@@ -164,6 +164,7 @@ def chain(*transforms: sitk.Transform) -> sitk.CompositeTransform:
     composite = sitk.CompositeTransform(3)
     for transform in reversed(transforms):  # ITK applies the last added first
         composite.AddTransform(transform)
+    composite.FlattenTransform()  # nested composites (sMRIPrep's .h5) cannot be written as is
     return composite
 
 
