@@ -115,3 +115,41 @@ def as_dict(inputs: SpaceInputs) -> dict:
     out["templates"] = [{"space": str(t.space), "t1w_to_template": t.t1w_to_template,
                          "files": dataclasses.asdict(t.files)} for t in inputs.templates]
     return out
+
+
+def _label_table_near(dseg: str, stem: str) -> str | None:
+    """``<stem>.tsv`` next to ``dseg`` or in a folder above it (sMRIPrep writes them at the top)."""
+    here = Path(dseg)
+    sidecar = here.with_name(here.name.split(".nii")[0] + ".tsv")
+    if sidecar.is_file():
+        return str(sidecar)
+    for folder in here.parents:
+        if (folder / f"{stem}.tsv").is_file():
+            return str(folder / f"{stem}.tsv")
+        if (folder / "dataset_description.json").is_file():
+            break
+    return None
+
+
+def atlas_specs(inputs: SpaceInputs) -> list[dict]:
+    """Atlases of a run's ROI tables: the shipped ``TissueHemi`` on each MNI152NLin2009cAsym
+    res-1/res-2 output, and the FreeSurfer ``desc-aseg_dseg`` (T1w space) when the
+    derivatives have one and T1w outputs are written."""
+    from .templates import DEFAULT_ATLAS, SHIPPED_DIR, SHIPPED_TEMPLATE
+
+    specs = []
+    for target in inputs.templates:
+        space = target.space
+        folder = SHIPPED_DIR / f"tpl-{SHIPPED_TEMPLATE}"
+        dseg = folder / f"tpl-{SHIPPED_TEMPLATE}_res-0{space.res}_atlas-{DEFAULT_ATLAS}_dseg.nii.gz"
+        if space.name == SHIPPED_TEMPLATE and dseg.is_file():
+            specs.append({"space_key": f"{space.transform_label}_res-{space.res}", "label": DEFAULT_ATLAS,
+                          "dseg": str(dseg),
+                          "tsv": str(folder / f"tpl-{SHIPPED_TEMPLATE}_atlas-{DEFAULT_ATLAS}_dseg.tsv")})
+    if inputs.aseg and inputs.write_t1w:
+        spec = {"space_key": "T1w", "label": "aseg", "dseg": inputs.aseg}
+        tsv = _label_table_near(inputs.aseg, "desc-aseg_dseg")
+        if tsv:
+            spec["tsv"] = tsv
+        specs.append(spec)
+    return specs

@@ -42,6 +42,8 @@ class _ToSpacesInputSpec(BaseInterfaceInputSpec):
     t1w_reference = traits.Str(desc="SpatialReference of space-T1w outputs (BIDS URI)")
     templates = traits.List(traits.Dict, desc="per template: label, space, res, cohort, t1w, mask, "
                                               "resolution_text, t1w_to_template (or empty)")
+    atlases = traits.List(traits.Dict, desc="per atlas: space_key (T1w or <label>_res-<r>), atlas "
+                                            "label, dseg, tsv (index/name)")
     entities = traits.Dict(mandatory=True, desc="output entities of the run")
     sources = traits.List(traits.Str, desc="BIDS URIs of the QALAS-space outputs' inputs")
     seed = traits.Int(0, usedefault=True)
@@ -58,6 +60,9 @@ class _ToSpacesOutputSpec(TraitedSpec):
     xfm_files = traits.List(File(exists=True), desc="transform files (ITK)")
     xfm_paths = traits.List(traits.Str)
     xfm_metadata = traits.List(traits.Dict)
+    table_files = traits.List(File(exists=True), desc="atlas ROI tables (TSV)")
+    table_paths = traits.List(traits.Str)
+    table_metadata = traits.List(traits.Dict)
     info = traits.Dict(desc="per space: method, metric, iterations, seconds")
 
 
@@ -85,7 +90,12 @@ class ToOutputSpaces(SimpleInterface):
         contrast = registration_contrast(maps[0], maps[2], head)
         sources = list(self.inputs.sources) if isdefined(self.inputs.sources) else []
         out = {k: [] for k in ("image_files", "image_paths", "image_metadata", "mask_files",
-                               "mask_paths", "mask_metadata", "xfm_files", "xfm_paths", "xfm_metadata")}
+                               "mask_paths", "mask_metadata", "xfm_files", "xfm_paths", "xfm_metadata",
+                               "table_files", "table_paths", "table_metadata")}
+        from ..qalas.tissue.classes import reliable_voxels
+
+        reliable = reliable_voxels(brain, maps[0], maps[1], maps[3], maps[4], maps[8])[0]
+        atlases = list(self.inputs.atlases) if isdefined(self.inputs.atlases) else []
         info: dict = {}
 
         def add_xfm(transform, to: str, ext: str, description: str) -> str:
@@ -99,14 +109,17 @@ class ToOutputSpaces(SimpleInterface):
                                                       "the QALAS grid (resampling transform)"})
             return rel
 
-        def resample_all(space: str, ref_img, transform, xfms: list[str], extra: dict, res=None, cohort=None):
+        def resample_all(space: str, ref_img, transform, xfms: list[str], extra: dict, res=None, cohort=None,
+                         key: str = ""):
             shape, affine = ref_img.shape[:3], ref_img.affine
+            moved_maps = {}
             tag = f"{space}_{res or ''}_{cohort or ''}"
             meta = {"SkullStripped": False, "Sources": sources, "Transforms": [f"bids::{x}" for x in xfms],
                     "Interpolation": "linear", **extra}
             for (suffix, desc), data in zip(MAP_NAMES + tuple((n, "synthetic") for n in synth_names),
                                             maps + synth):
                 moved = reg.resample_array(data.astype(np.float32), ref.affine, transform, shape, affine)
+                moved_maps[(suffix, desc)] = moved
                 path = save_like(np.nan_to_num(moved), ref_img,
                                  os.path.join(runtime.cwd, f"{tag}_{suffix}_{desc}.nii.gz"))
                 out["image_files"].append(path)
@@ -123,6 +136,36 @@ class ToOutputSpaces(SimpleInterface):
                                                          res=res, cohort=cohort))
                 out["mask_metadata"].append({**meta, "Interpolation": "nearest neighbour",
                                              **({"Type": "Brain"} if desc == "brain" else {})})
+            for atlas in (a for a in atlases if a["space_key"] == key):
+                use = reg.resample_array(reliable.astype(np.uint8), ref.affine, transform, shape, affine,
+                                         nearest=True) > 0
+                write_table(atlas, ref_img, moved_maps, use, space, res, cohort, meta)
+
+        def write_table(atlas, ref_img, moved, use, space, res, cohort, meta):
+            from ..qalas.tissue.regions import read_label_table, region_rows, rows_to_tsv
+
+            dseg = nib.load(atlas["dseg"])
+            labels = np.asarray(dseg.dataobj).astype(np.int32)
+            if labels.shape != ref_img.shape[:3] or not np.allclose(dseg.affine, ref_img.affine, atol=1e-3):
+                labels = reg.resample_array(labels, dseg.affine, reg.rigid_from_ras_matrix(np.eye(4)),
+                                            ref_img.shape[:3], ref_img.affine, nearest=True)
+            names = (read_label_table(open(atlas["tsv"]).read()) if atlas.get("tsv")
+                     else {int(i): str(int(i)) for i in np.unique(labels) if i})
+            values = {"t1": moved[("T1map", None)], "t2": moved[("T2map", None)],
+                      "pd": moved[("PDmap", None)], "ie": moved[("IEmap", None)]}
+            rel = derivative_path(ents, "qmri", space=space, res=res, cohort=cohort, atlas=atlas["label"],
+                                  stat="summary", extension=".tsv")
+            path = os.path.join(runtime.cwd, os.path.basename(rel))
+            with open(path, "w") as fh:
+                fh.write(rows_to_tsv(region_rows(labels, names, values, use)))
+            out["table_files"].append(path)
+            out["table_paths"].append(rel)
+            out["table_metadata"].append({
+                "Description": f"per-region T1 (s), T2 (s), PD and IE of atlas {atlas['label']} in "
+                               f"space {space}: voxel count, reliable-voxel count (not at a range bound, "
+                               "residual and relative CRLB below their limits), median, mean and IQR over "
+                               "the reliable voxels", "Atlas": atlas["label"], "AtlasFile": atlas["dseg"],
+                "Transforms": meta["Transforms"], "Sources": sources})
 
         rigid = None
         if isdefined(self.inputs.t1w):
@@ -139,7 +182,7 @@ class ToOutputSpaces(SimpleInterface):
             rigid_rel = add_xfm(rigid, "T1w", ".txt", "rigid QALAS -> T1w (Mattes MI, SimpleITK)")
             if self.inputs.write_t1w:
                 reference = self.inputs.t1w_reference if isdefined(self.inputs.t1w_reference) else ""
-                resample_all("T1w", t1w_img, rigid, [rigid_rel], {"SpatialReference": reference})
+                resample_all("T1w", t1w_img, rigid, [rigid_rel], {"SpatialReference": reference}, key="T1w")
         for target in self.inputs.templates if isdefined(self.inputs.templates) else []:
             tpl_img = nib.load(target["t1w"])
             start = time.perf_counter()
@@ -157,12 +200,13 @@ class ToOutputSpaces(SimpleInterface):
                 transform, metric, iterations = result.transform, result.metric, result.iterations
                 method = "affine + B-spline (40 mm mesh), Mattes mutual information (SimpleITK)"
             rel = add_xfm(transform, target["label"], ".h5", f"QALAS -> {target['label']}: {method}")
-            info[target["label"] + (f"_res-{target['res']}" if target.get("res") else "")] = {
+            key = target["label"] + (f"_res-{target['res']}" if target.get("res") else "")
+            info[key] = {
                 "Method": method, "Metric": metric, "Iterations": iterations,
                 "Seconds": round(time.perf_counter() - start, 2)}
             resample_all(target["space"], tpl_img, transform, [rel],
                          {"Resolution": target["resolution_text"]}, res=target.get("res"),
-                         cohort=target.get("cohort"))
+                         cohort=target.get("cohort"), key=key)
         out["info"] = info
         self._results.update(out)
         return runtime

@@ -6,6 +6,7 @@ from nipype.pipeline import engine as pe
 
 from ..bids.derivatives import bids_uri
 from ..bids.sidecars import raw_sources
+from ..bids.space_inputs import atlas_specs
 from ..interfaces.datasink import DerivativeSink
 from ..interfaces.spaces import FileSink, ToOutputSpaces
 
@@ -41,13 +42,18 @@ def init_spaces_wf(*, run, settings, name: str = "spaces_wf"):
         node.inputs.t1w_reference = _reference_uri(space_inputs.t1w, settings)
     if space_inputs.t1w_brain_mask:
         node.inputs.t1w_mask = space_inputs.t1w_brain_mask
+    atlases = atlas_specs(space_inputs)
+    if atlases:
+        node.inputs.atlases = atlases
     ds_images = pe.Node(DerivativeSink(out_dir=out_dir, bids_dir=bids_dir), name="ds_space_images",
                         run_without_submitting=True)
     ds_masks = pe.Node(DerivativeSink(out_dir=out_dir, bids_dir=bids_dir, dtype="uint8"),
                        name="ds_space_masks", run_without_submitting=True)
     ds_xfms = pe.Node(FileSink(out_dir=out_dir, bids_dir=bids_dir), name="ds_xfms",
                       run_without_submitting=True)
-    merge = pe.Node(niu.Merge(3, ravel_inputs=True), name="merge_space_outputs", run_without_submitting=True)
+    ds_tables = pe.Node(FileSink(out_dir=out_dir, bids_dir=bids_dir), name="ds_atlas_tables",
+                        run_without_submitting=True)
+    merge = pe.Node(niu.Merge(4, ravel_inputs=True), name="merge_space_outputs", run_without_submitting=True)
     workflow.connect([
         (inputnode, node, [("maps", "maps"), ("brain_mask", "brain_mask"), ("head_mask", "head_mask"),
                            ("synth_files", "synth_files"), ("synth_names", "synth_names")]),
@@ -59,7 +65,10 @@ def init_spaces_wf(*, run, settings, name: str = "spaces_wf"):
                          ("xfm_metadata", "metadata")]),
         (ds_images, merge, [("out_files", "in1")]),
         (ds_masks, merge, [("out_files", "in2")]),
+        (node, ds_tables, [("table_files", "in_files"), ("table_paths", "rel_paths"),
+                           ("table_metadata", "metadata")]),
         (ds_xfms, merge, [("out_files", "in3")]),
+        (ds_tables, merge, [("out_files", "in4")]),
         (merge, outputnode, [("out", "out_files")]),
         (node, outputnode, [("info", "info")]),
     ])
