@@ -253,3 +253,47 @@ def test_e2e_t1w_and_template_spaces_offline(tmp_path, monkeypatch, no_user_home
     errors = [(i["code"], i.get("location")) for i in json.loads(proc.stdout)["issues"]["issues"]
               if i["severity"] == "error"]
     assert errors == [], errors
+
+
+# --------------------------------------------------------------------------- atlas tables
+def test_region_rows_use_reliable_voxels_only():
+    from qalas_bids.qalas.tissue.regions import read_label_table, region_rows, rows_to_tsv
+
+    labels = np.zeros((4, 4, 4), int)
+    labels[:2] = 1
+    labels[2:] = 2
+    t1 = np.where(labels == 1, 0.8, 1.4)
+    t1[0, 0, 0] = 10.0  # an unreliable outlier, excluded by the mask below
+    reliable = np.ones_like(labels, bool)
+    reliable[0, 0, 0] = False
+    maps = {"t1": t1, "t2": t1 / 10, "pd": np.ones_like(t1), "ie": np.full_like(t1, 0.9)}
+    names = read_label_table("index\tname\tabbreviation\n1\tLeft-WM\tLWM\n2\tRight-GM\tRGM\n3\tEmpty\tE\n")
+    rows = region_rows(labels, names, maps, reliable)
+    assert [r["name"] for r in rows] == ["Left-WM", "Right-GM", "Empty"]
+    assert rows[0]["voxels"] == 32 and rows[0]["reliable_voxels"] == 31
+    assert rows[0]["T1_s_median"] == pytest.approx(0.8) and rows[0]["T1_s_mean"] == pytest.approx(0.8)
+    assert rows[1]["T2_s_iqr"] == pytest.approx(0.0) and np.isnan(rows[2]["T1_s_median"])
+    text = rows_to_tsv(rows)
+    assert text.splitlines()[0].startswith("index\tname\tvoxels\treliable_voxels\tT1_s_median")
+    assert "n/a" in text.splitlines()[3]
+
+
+def test_group_gathers_atlas_tables_in_long_format(tmp_path):
+    from qalas_bids.qalas.tissue.regions import region_rows, rows_to_tsv
+    from qalas_bids.reports.atlas_tables import write_atlas_tables
+
+    labels = np.array([1, 1, 2, 2])
+    maps = {k: np.array([1.0, 1.0, 2.0, 2.0]) for k in ("t1", "t2", "pd", "ie")}
+    for sub in ("01", "02"):
+        anat = tmp_path / f"sub-{sub}" / "anat"
+        anat.mkdir(parents=True)
+        (anat / f"sub-{sub}_space-MNI152NLin2009cAsym_res-2_atlas-TissueHemi_stat-summary_qmri.tsv").write_text(
+            rows_to_tsv(region_rows(labels, {1: "A", 2: "B"}, maps, np.ones(4, bool))))
+    paths, section = write_atlas_tables(tmp_path)
+    import pandas as pd
+
+    table = pd.read_csv(paths["atlas_TissueHemi"], sep="\t")
+    assert len(table) == 2 * 2 * 4  # participants x regions x maps
+    assert set(table["participant_id"]) == {"sub-01", "sub-02"} and set(table["space"]) == {"MNI152NLin2009cAsym"}
+    assert table.query("name == 'B' and map == 'T1_s'")["median"].tolist() == [2.0, 2.0]
+    assert "Atlas TissueHemi" in section
