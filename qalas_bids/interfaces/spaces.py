@@ -113,6 +113,8 @@ class ToOutputSpaces(SimpleInterface):
                          key: str = ""):
             shape, affine = ref_img.shape[:3], ref_img.affine
             moved_maps = {}
+            if transform.GetName() == "CompositeTransform":  # B-spline: evaluate it once
+                transform = reg.dense_transform(transform, shape, affine)
             tag = f"{space}_{res or ''}_{cohort or ''}"
             meta = {"SkullStripped": False, "Sources": sources, "Transforms": [f"bids::{x}" for x in xfms],
                     "Interpolation": "linear", **extra}
