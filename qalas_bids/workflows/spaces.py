@@ -27,6 +27,17 @@ def init_spaces_wf(*, run, settings, name: str = "spaces_wf"):
     """
     space_inputs = run.spaces
     workflow = pe.Workflow(name=name)
+    reuse = space_inputs.derivatives_name
+    workflow.__desc__ = (
+        " The maps were registered to "
+        + ("the participant's T1w (rigid, Mattes mutual information, SimpleITK)" if space_inputs.t1w else "")
+        + (" and " if space_inputs.t1w and space_inputs.templates else "")
+        + (", ".join(str(t.space) for t in space_inputs.templates) + (
+            f" (through the T1w-to-template transforms of {reuse})" if reuse else
+            " (affine then B-spline free-form deformation of a synthetic T1w, brain-extracted, "
+            "Mattes mutual information, SimpleITK)") if space_inputs.templates else "")
+        + "; maps were resampled with linear and masks with nearest-neighbour interpolation "
+          "(templates from TemplateFlow).")
     inputnode = pe.Node(niu.IdentityInterface(
         fields=["maps", "brain_mask", "head_mask", "synth_files", "synth_names"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files", "info"]), name="outputnode")
