@@ -67,7 +67,7 @@ def _masked(image: sitk.Image, mask: sitk.Image | None) -> sitk.Image:
 
 def register_rigid(fixed: sitk.Image, moving: sitk.Image, *, seed: int = 0,
                    fixed_mask: sitk.Image | None = None, moving_mask: sitk.Image | None = None,
-                   sampling: float = 0.25, iterations: int = 300,
+                   sampling: float = 0.1, iterations: int = 300,
                    base_shrink: int | None = None, finest_mm: float = 2.0) -> RegistrationResult:
     """Rigid (Euler 3D) registration by Mattes mutual information, multi-resolution.
 
