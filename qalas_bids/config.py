@@ -35,7 +35,9 @@ class Settings:
     participant_labels: tuple[str, ...] | None = None
     session_labels: tuple[str, ...] | None = None
     bids_filters: dict[str, Any] | None = None
-    derivatives: Path | None = None
+    derivatives: Path | None = None  # group level: the (first) --derivatives folder
+    derivative_sources: dict[str, Path] | None = None  # --derivatives NAME=PATH (participant)
+    output_spaces: tuple[str, ...] = ("qalas",)  # --output-spaces references (fMRIPrep grammar)
     skip_bids_validation: bool = False
     # fitting
     fit_mode: str = "scan-specific"
@@ -97,7 +99,9 @@ class Settings:
             participant_labels=tuple(dict.fromkeys(opts.participant_label)) if opts.participant_label else None,
             session_labels=tuple(dict.fromkeys(opts.session_label)) if opts.session_label else None,
             bids_filters=opts.bids_filters,
-            derivatives=opts.derivatives,
+            derivatives=next(iter(dict(opts.derivatives or {}).values()), None),
+            derivative_sources=dict(opts.derivatives) if opts.derivatives else None,
+            output_spaces=tuple(str(s) for s in getattr(opts, "output_spaces_parsed", None) or ()) or ("qalas",),
             skip_bids_validation=opts.skip_bids_validation,
             fit_mode=opts.fit_mode,
             device=opts.device,

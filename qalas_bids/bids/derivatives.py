@@ -39,6 +39,8 @@ CODE_URL = "https://github.com/qalas-bids/qalas-bids"
 CUSTOM_SUFFIXES = ("IEmap", "QALAS", "DIR", "PSIR", "STIR")
 BIDSIGNORE_LINES = tuple(f"*_{s}.*" for s in CUSTOM_SUFFIXES) + (
     "*.html", "logs/", "/sub-*/figures", "/sub-*/log",
+    # transforms (from-/to-/mode- entities are not in BIDS yet) and atlas tables (XCP-D's stat-)
+    "*_xfm.*", "*_stat-*",
     # group level: summary tables (not BIDS files) and their figures
     "/group_*", "/group")
 #: Spaces the BIDS schema knows need no ``SpatialReference``; ours (``QALAS``) does.
@@ -59,12 +61,17 @@ def derivative_path(
     space: str | None = None,
     datatype: str = "anat",
     extension: str | None = None,
+    res: str | None = None,
+    cohort: str | None = None,
+    **extra: str,
 ) -> str:
     """Relative derivative path, e.g. ``sub-01/ses-01/anat/sub-01_ses-01_desc-crlb_T1map.nii.gz``.
 
     ``entities`` is :attr:`QalasRun.entities` (other keys such as ``inv`` are dropped).
     ``datatype`` is ``anat``, ``fmap`` or ``figures``; ``extension`` defaults to ``.nii.gz``
-    (``.svg`` for figures).
+    (``.svg`` for figures). ``res``/``cohort`` are the template entities (``res-native`` is
+    dropped, as niworkflows does); ``extra`` holds ``from``/``to``/``mode`` of transforms
+    (``from_`` is accepted for ``from``).
     Raises ValueError when our patterns cannot name the file (unknown suffix/datatype).
     """
     ents = {k: str(entities[k]) for k in OUTPUT_ENTITIES if entities.get(k) not in (None, "")}
@@ -77,6 +84,11 @@ def derivative_path(
         ents["desc"] = desc
     if space:
         ents["space"] = space
+    if res and res != "native":
+        ents["res"] = res
+    if cohort:
+        ents["cohort"] = cohort
+    ents.update({k.rstrip("_"): v for k, v in extra.items() if v})
     path = build_path(ents, load_io_spec()["patterns"], strict=True)
     if not path:
         raise ValueError(
@@ -230,6 +242,30 @@ def write_derivative(
         os.chmod(tmp, 0o644)
         if metadata is not None:
             write_json(target.parent / (name[: -len(ext)] + ".json"), metadata)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def copy_derivative(out_dir: str | Path, rel_path: str | Path, source: str | Path,
+                    metadata: Mapping[str, Any] | None, *, bids_dir: str | Path | None = None) -> Path:
+    """Copy a non-image file (e.g. an ITK transform) to ``out_dir/rel_path`` atomically,
+    with a JSON sidecar when ``metadata`` is given."""
+    out_dir, rel = Path(out_dir), Path(rel_path)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise ValueError(f"rel_path must be relative to the output directory, got {rel_path}")
+    check_output_dir(out_dir, bids_dir)
+    target = out_dir / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{rel.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        Path(tmp).write_bytes(Path(source).read_bytes())
+        os.chmod(tmp, 0o644)
+        if metadata is not None:
+            write_json(target.parent / (rel.name.split(".")[0] + ".json"), metadata)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

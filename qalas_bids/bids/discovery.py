@@ -55,6 +55,8 @@ class QalasRun:
     warnings : warnings of the checks before the workflow, recorded in every sidecar
     prepared : the checked inputs written for the workflow
         (:class:`~qalas_bids.bids.inputs_check.PreparedInputs`; None before the checks)
+    spaces : the T1w, derivatives and template files of its output spaces
+        (:class:`~qalas_bids.bids.space_inputs.SpaceInputs`; None: QALAS space only)
     """
 
     subject: str
@@ -68,6 +70,7 @@ class QalasRun:
     timing: TimingProvenance | None = None
     warnings: tuple[str, ...] = ()
     prepared: Any = None
+    spaces: Any = None  # SpaceInputs (qalas_bids.bids.space_inputs) when T1w/template spaces are asked
 
     @property
     def label(self) -> str:

@@ -48,6 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="head (default): brain plus scalp, fat, skull, air sinuses and eyes, as a "
                              "real scan has; brain: the brain alone (smaller, faster)")
     parser.add_argument("--no-b1", action="store_true", help="do not write the B1 field map")
+    parser.add_argument("--with-t1w", action="store_true",
+                        help="also write a T1w per session: the digital head rigidly moved (16 deg, "
+                             "16 mm) on a 1.5 mm grid with an MPRAGE-like contrast (true motion in "
+                             "derivatives/groundtruth), for --output-spaces T1w")
+    parser.add_argument("--with-smriprep", action="store_true",
+                        help="also write derivatives/smriprep (implies --with-t1w): desc-preproc_T1w, "
+                             "desc-brain_mask and a known from-T1w_to-MNI152NLin2009cAsym transform, "
+                             "for --derivatives smriprep=<bids>/derivatives/smriprep")
     parser.add_argument("--overwrite", action="store_true",
                         help="allow writing into a non-empty directory (files are overwritten, "
                              "nothing is deleted)")
@@ -70,7 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         root = write_demo_dataset(
             out, subjects=args.subjects, sessions=args.sessions, runs=args.runs,
             resolution=args.resolution, snr=args.snr, seed=args.seed, qalas_layout=args.layout,
-            with_b1=not args.no_b1, vendor=args.vendor, anatomy=args.anatomy)
+            with_b1=not args.no_b1, vendor=args.vendor, anatomy=args.anatomy,
+            with_t1w=args.with_t1w, with_smriprep=args.with_smriprep)
     except QalasInputError as exc:
         print(f"qalas-bids-demo-data: error: {exc}", file=sys.stderr)
         return 2

@@ -70,11 +70,23 @@ def build_parser() -> argparse.ArgumentParser:
                         '{"qalas": {"session": "01", "run": 1}, "b1": {"acquisition": "famp"}}')
     g.add_argument("--skip-bids-validation", action="store_true",
                    help="do not run bids-validator-deno (it runs offline when on PATH)")
-    g.add_argument("--derivatives", type=v.existing_dir, metavar="PATH",
-                   help="group level: an fMRIPrep/sMRIPrep derivatives folder whose "
+    g.add_argument("--derivatives", type=v.derivatives_spec, nargs="+", metavar="NAME=PATH",
+                   help="sMRIPrep/fMRIPrep anatomical derivatives to reuse (fMRIPrep >= 23.2 syntax; "
+                        "a bare PATH is named after its folder). Participant level: their "
+                        "desc-preproc_T1w, desc-brain_mask and from-T1w_to-<template> transforms are "
+                        "used, so only the rigid QALAS -> T1w step is computed. Group level: the "
                         "desc-brain_mask/dseg (same subject/session) defines the tissue classes, "
-                        "resampled to QALAS space by the affines (no registration); default: "
-                        "tissue classes from the fitted T1 map")
+                        "resampled to QALAS space by the affines; default: tissue classes from the "
+                        "fitted T1 map")
+
+    g = parser.add_argument_group("Output spaces")
+    g.add_argument("--output-spaces", nargs="*", metavar="SPACE[:MOD-VAL]",
+                   help="spaces to write the maps, uncertainty, residual, masks and synthetic contrasts "
+                        "in, fMRIPrep grammar: qalas (the QALAS grid; always written, default), T1w "
+                        "(the session's anat/*_T1w or the --derivatives desc-preproc_T1w) and "
+                        "TemplateFlow templates with res-<index>/cohort-<label> modifiers, e.g. "
+                        "MNI152NLin2009cAsym:res-2. MNI152NLin2009cAsym is shipped; other templates "
+                        "must be pre-fetched into $TEMPLATEFLOW_HOME (nothing is downloaded)")
 
     g = parser.add_argument_group("Fitting")
     g.add_argument("--fit-mode", choices=FIT_MODES, default="scan-specific",
@@ -205,6 +217,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(str(exc))
     if opts.quiet and opts.verbose:
         parser.error("choose one of -q/--quiet and -v/--verbose")
-    if opts.analysis_level == "participant" and opts.derivatives:
-        parser.error("--derivatives is only used at the group level")
+    opts.output_spaces_parsed = None
+    if opts.output_spaces:
+        from ..bids.output_spaces import parse_output_spaces
+        from ..qalas.errors import QalasInputError
+
+        try:  # unknown spaces, cohorts or resolutions: exit 2 before any work
+            opts.output_spaces_parsed = parse_output_spaces(opts.output_spaces)
+        except QalasInputError as exc:
+            parser.error(f"--output-spaces: {exc}")
+        if opts.analysis_level != "participant":
+            parser.error("--output-spaces is a participant-level option")
+    if opts.derivatives and len({name for name, _ in opts.derivatives}) != len(opts.derivatives):
+        parser.error("--derivatives: each NAME must be unique")
     return opts

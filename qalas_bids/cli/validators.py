@@ -189,3 +189,13 @@ def plugin_file(value: str) -> dict[str, Any]:
     if not isinstance(data.get("plugin_args") or {}, dict):
         raise argparse.ArgumentTypeError(f"{value}: 'plugin_args' must be a mapping")
     return {"plugin": data["plugin"], "plugin_args": dict(data.get("plugin_args") or {})}
+
+
+def derivatives_spec(value: str) -> tuple[str, Path]:
+    """``NAME=PATH`` (fMRIPrep >= 23.2) or a bare ``PATH`` (named after its folder)."""
+    name, sep, path = value.partition("=")
+    if not sep:
+        name, path = Path(value).expanduser().name or "derivatives", value
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise argparse.ArgumentTypeError(f"derivatives name {name!r}: letters, digits, '.', '_' or '-' only")
+    return name, existing_dir(path)

@@ -196,11 +196,17 @@ def write_demo_dataset(
     with_b1: bool = True,
     vendor: str = "siemens",
     anatomy: str = "brain",
+    with_t1w: bool = False,
+    with_smriprep: bool = False,
 ) -> Path:
     """Write the demo BIDS dataset (see the module docstring) and return its root.
 
     ``anatomy``: ``"brain"`` (brain only, fast) or ``"head"`` (scalp, fat, skull, sinuses
     and eyes around it: :mod:`.head_anatomy`).
+    ``with_t1w`` (opt-in) adds a rigidly moved MPRAGE-like T1w per session
+    (:func:`qalas_bids.demo.anatomical.write_moved_t1w`) and its true motion;
+    ``with_smriprep`` (implies ``with_t1w``) adds ``derivatives/smriprep`` with a known
+    T1w -> MNI152NLin2009cAsym transform (:func:`~qalas_bids.demo.anatomical.write_smriprep_like`).
     ``sessions``/``runs`` empty or ``None`` omit the ``ses``/``run`` entity. Existing files
     with the same names are overwritten; nothing else in ``out_dir`` is touched.
     """
@@ -265,6 +271,15 @@ def write_demo_dataset(
                 series += 10
                 _write_ground_truth(gt_root, sub, ses, prefix, brain, affine, with_b1,
                                     noise_seed, anatomy_seed, b1_scale, shift, qalas_layout)
+                if (with_t1w or with_smriprep) and ri == 0:
+                    from .anatomical import write_moved_t1w, write_smriprep_like
+
+                    truth_dir = gt_root / _rel_dir(sub, ses, "anat")
+                    t1w_path = write_moved_t1w(anat_dir, _entities_prefix(sub, ses, None), brain, affine,
+                                               truth_dir, noise_seed)
+                    if with_smriprep:
+                        write_smriprep_like(out / "derivatives" / "smriprep", sub, ses, t1w_path, brain,
+                                            affine, truth_dir)
             if ses:
                 session_rows.append(f"ses-{ses}\t2024-01-{ei + 1:02d}T{9 + ei:02d}:00:00\n")
         if session_rows:

@@ -9,7 +9,7 @@ from ..config import Settings
 from .errors import EXIT_FAILURE, EXIT_OK
 from .finish import _subjects, qc_and_reports, summarise_warnings, write_boilerplate, write_reports
 from .nipype_run import configure_nipype, find_crash_files, report_timing, run_workflow
-from .prework import check_device, discover_runs, lock_work_dirs, prepare_inputs
+from .prework import check_device, discover_runs, lock_work_dirs, prepare_inputs, prepare_spaces
 
 
 LOGGER = logging.getLogger("qalas_bids")
@@ -30,6 +30,7 @@ def run_participant(settings: Settings) -> int:
         if not settings.skip_bids_validation:
             validate_bids(settings.bids_dir)
         runs = discover_runs(settings)
+        runs = prepare_spaces(settings, runs)  # T1w, derivatives, templates: exit 2 before work
 
     status = EXIT_OK
     execgraph = None

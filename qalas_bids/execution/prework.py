@@ -146,3 +146,31 @@ def lock_work_dirs(settings: Settings, runs: list, stack) -> None:
                 f"another qalas-bids process is already processing sub-{subject} with the work "
                 f"directory {settings.work_dir}: wait for it to finish, or give this run its own "
                 "work directory with -w") from None
+
+
+def prepare_spaces(settings: Settings, runs: list) -> list:
+    """Find each run's T1w, reusable derivatives and template files for ``--output-spaces``
+    (exit 2 before any work when one is missing; nothing is downloaded)."""
+    import nibabel as nib
+
+    from ..bids.output_spaces import parse_output_spaces
+    from ..bids.space_inputs import collect_space_inputs
+    from ..qalas.errors import QalasInputError
+
+    spaces = parse_output_spaces(list(settings.output_spaces))
+    if all(not s.is_template and s.name == "qalas" for s in spaces):
+        return runs
+    out = []
+    for run in runs:
+        voxel_mm = float(min(nib.load(run.qalas_files[0]).header.get_zooms()[:3]))
+        try:
+            inputs = collect_space_inputs(run, spaces, bids_dir=settings.bids_dir,
+                                          derivatives=dict(settings.derivative_sources or {}),
+                                          template_root=settings.work_dir / "templateflow",
+                                          voxel_mm=voxel_mm)
+        except QalasInputError as exc:
+            raise UsageError(str(exc)) from None
+        LOGGER.info("%s: output spaces %s (T1w: %s%s)", run.label, ", ".join(map(str, spaces)),
+                    inputs.t1w or "none", f", reusing {inputs.derivatives_name}" if inputs.derivatives_name else "")
+        out.append(dataclasses.replace(run, spaces=inputs))
+    return out

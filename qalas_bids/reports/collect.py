@@ -91,6 +91,8 @@ def find_runs(output_dir: str | Path, subject: str | None = None, layout=None) -
             ents = f.get_entities()
             suffix, desc, space = ents.get("suffix"), ents.get("desc"), ents.get("space")
             path = Path(f.path)
+            if space not in (None, "QALAS"):  # resampled copies (--output-spaces)
+                continue
             if suffix in MAP_SUFFIXES and not desc and not space:
                 run.maps[suffix] = path
             elif suffix in MAP_SUFFIXES and desc == "crlb":

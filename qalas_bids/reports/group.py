@@ -168,6 +168,10 @@ def run_group_level(output_dir: str | Path, derivatives_dir: str | Path | None =
 
     rep_paths, rep_section = write_repeatability(out_dir, runs, derivatives_dir)
     paths.update(rep_paths)
+    from .atlas_tables import write_atlas_tables
+
+    atlas_paths, atlas_section = write_atlas_tables(out_dir)
+    paths.update(atlas_paths)
     paths["figure"] = _strip_plots(table, flags, out_dir / "group" / "figures" / "group_desc-distributions_T1map.png")
     n_out = int(flags.to_numpy().sum())
     body = (f"<h2 id='summary'>Summary</h2><p>{len(table)} runs of {table['participant_id'].nunique()} participants. "
@@ -180,10 +184,11 @@ def run_group_level(output_dir: str | Path, derivatives_dir: str | Path | None =
             f"<h2 id='table'>Per-run values</h2>{_html_table(table, flags)}"
             f"<p>Full table: <a href='{TSV_NAME}'>{TSV_NAME}</a> (columns described in "
             f"<a href='{TSV_NAME.replace('.tsv', '.json')}'>{TSV_NAME.replace('.tsv', '.json')}</a>).</p>"
-            + rep_section)
+            + rep_section + atlas_section)
     page = render_page("qalas-bids group report", [("summary", "Summary"), ("distributions", "Distributions"),
                                                    ("table", "Table"),
-                                                   ("repeatability", "Repeatability")], body)
+                                                   ("repeatability", "Repeatability")]
+                       + ([("atlases", "Atlas tables")] if atlas_section else []), body)
     paths["html"] = atomic_write_text(out_dir / TSV_NAME.replace(".tsv", ".html"), page)
     paths["bidsignore"] = write_bidsignore(out_dir)  # group_* and group/ are not BIDS files
     return paths

@@ -113,6 +113,18 @@ def init_qalas_wf(*, run, settings, name: str | None = None):
             (inputnode, sinks, [("b1_file", "inputnode.b1")]),
             (inputnode, outputnode, [("b1_file", "b1")]),
         ])
+    if run.spaces is not None:
+        from .spaces import init_spaces_wf
+
+        spaces = init_spaces_wf(run=run, settings=settings)
+        workflow.connect([
+            (fit, spaces, [("out_maps", "inputnode.maps")]),
+            (brain, spaces, [("brain_mask", "inputnode.brain_mask")]),
+            (inputnode, spaces, [("mask_file", "inputnode.head_mask")]),
+        ])
+        if synth:
+            workflow.connect([(synth, spaces, [("out_files", "inputnode.synth_files"),
+                                               ("out_names", "inputnode.synth_names")])])
     if synth:
         workflow.connect([
             (fit, synth, [("t1", "t1"), ("t2", "t2"), ("pd", "pd"), ("ie", "ie"), ("out_maps", "maps")]),

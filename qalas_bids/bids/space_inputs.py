@@ -1,0 +1,155 @@
+"""What a run needs for its output spaces: the session's T1w, sMRIPrep/fMRIPrep derivatives
+(``--derivatives NAME=PATH``) and the template files, found before any work.
+
+sMRIPrep's reuse list (``smriprep/data/io_spec.json``): ``desc-preproc_T1w``, ``desc-brain_mask``,
+``dseg`` (no desc), ``from-T1w_to-<tpl>_mode-image_xfm.{h5,txt}``; also the FreeSurfer
+``desc-aseg_dseg``. All in native T1w space (no ``space-`` entity), subject-level
+(``sub-X/anat``) or session-level (``sub-X/ses-Y/anat``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..qalas.errors import QalasInputError
+from .output_spaces import OutputSpace, resolve_native_resolution
+from .templates import TemplateFiles, resolve_template_homes, template_files
+
+
+@dataclass(frozen=True)
+class TemplateTarget:
+    """One template output space of a run: its files and sMRIPrep's T1w -> template transform."""
+
+    space: OutputSpace
+    files: TemplateFiles
+    t1w_to_template: str | None = None  # from --derivatives; None: registered by qalas-bids
+
+
+@dataclass(frozen=True)
+class SpaceInputs:
+    """The anatomical references of one run (absolute paths as strings)."""
+
+    t1w: str | None = None
+    t1w_source: str = ""  # "raw" or "derivatives:<NAME>"
+    t1w_brain_mask: str | None = None
+    dseg: str | None = None
+    aseg: str | None = None
+    write_t1w: bool = False
+    templates: tuple[TemplateTarget, ...] = ()
+    derivatives_name: str | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _session_anat_dirs(root: Path, subject: str, session: str | None) -> list[Path]:
+    dirs = [root / f"sub-{subject}" / f"ses-{session}" / "anat"] if session else []
+    return dirs + [root / f"sub-{subject}" / "anat"]
+
+
+def _first(dirs: list[Path], pattern: str, exclude: tuple[str, ...] = ()) -> str | None:
+    for folder in dirs:
+        found = sorted(p for p in folder.glob(pattern) if not any(x in p.name for x in exclude))
+        if found:
+            return str(found[0])
+    return None
+
+
+def find_raw_t1w(bids_dir: Path, subject: str, session: str | None) -> str | None:
+    """The session's raw ``anat/*_T1w.nii[.gz]`` (subject level when the session has none)."""
+    return _first(_session_anat_dirs(bids_dir, subject, session), f"sub-{subject}*_T1w.nii*",
+                  exclude=("_space-", "_desc-"))
+
+
+def find_smriprep_files(root: Path, subject: str, session: str | None,
+                        templates: list[OutputSpace]) -> dict[str, str | None]:
+    """sMRIPrep/fMRIPrep anatomical derivatives of one subject (None where absent)."""
+    dirs = _session_anat_dirs(root, subject, session)
+    found: dict[str, str | None] = {
+        "t1w": _first(dirs, f"sub-{subject}*_desc-preproc_T1w.nii*", exclude=("_space-",)),
+        "brain_mask": _first(dirs, f"sub-{subject}*_desc-brain_mask.nii*", exclude=("_space-",)),
+        "dseg": _first(dirs, f"sub-{subject}*_dseg.nii*", exclude=("_space-", "_desc-")),
+        "aseg": _first(dirs, f"sub-{subject}*_desc-aseg_dseg.nii*", exclude=("_space-",)),
+    }
+    for space in templates:
+        found[f"xfm:{space}"] = (
+            _first(dirs, f"sub-{subject}*_from-T1w_to-{space.transform_label}_mode-image_xfm.h5")
+            or _first(dirs, f"sub-{subject}*_from-T1w_to-{space.transform_label}_mode-image_xfm.txt"))
+    return found
+
+
+def collect_space_inputs(run, spaces: tuple[OutputSpace, ...], *, bids_dir: Path,
+                         derivatives: dict[str, Path], template_root: Path,
+                         voxel_mm: float) -> SpaceInputs:
+    """Everything ``run`` needs for ``spaces``; raises QalasInputError (exit 2) when a
+    reference is missing. With ``derivatives``, the T1w and the T1w -> template transforms
+    come from them and only the rigid QALAS -> T1w step is computed."""
+    templates = [resolve_native_resolution(s, voxel_mm) for s in spaces if s.is_template]
+    write_t1w = any(s.name == "T1w" for s in spaces)
+    deriv_name, deriv = None, {}
+    for name, root in derivatives.items():
+        files = find_smriprep_files(root, run.subject, run.session, templates)
+        if files["t1w"]:
+            deriv_name, deriv = name, files
+            break
+    t1w = deriv.get("t1w") or (find_raw_t1w(bids_dir, run.subject, run.session)
+                               if write_t1w or deriv_name else None)
+    if write_t1w and not t1w:
+        raise QalasInputError(
+            f"{run.label}: --output-spaces T1w needs a T1w image of the session (anat/*_T1w.nii.gz "
+            "in the raw dataset, or desc-preproc_T1w in a --derivatives folder); none found")
+    homes = resolve_template_homes([s.name for s in templates], template_root)
+    targets = []
+    for space in templates:
+        files = template_files(space.name, space.res, space.cohort, homes[space.name])
+        xfm = deriv.get(f"xfm:{space}")
+        targets.append(TemplateTarget(space, files, xfm))
+    return SpaceInputs(
+        t1w=t1w, t1w_source=f"derivatives:{deriv_name}" if deriv_name else ("raw" if t1w else ""),
+        t1w_brain_mask=deriv.get("brain_mask"), dseg=deriv.get("dseg"), aseg=deriv.get("aseg"),
+        write_t1w=write_t1w, templates=tuple(targets), derivatives_name=deriv_name)
+
+
+def as_dict(inputs: SpaceInputs) -> dict:
+    """JSON-friendly view (for logs and the settings file)."""
+    out = dataclasses.asdict(inputs)
+    out["templates"] = [{"space": str(t.space), "t1w_to_template": t.t1w_to_template,
+                         "files": dataclasses.asdict(t.files)} for t in inputs.templates]
+    return out
+
+
+def _label_table_near(dseg: str, stem: str) -> str | None:
+    """``<stem>.tsv`` next to ``dseg`` or in a folder above it (sMRIPrep writes them at the top)."""
+    here = Path(dseg)
+    sidecar = here.with_name(here.name.split(".nii")[0] + ".tsv")
+    if sidecar.is_file():
+        return str(sidecar)
+    for folder in here.parents:
+        if (folder / f"{stem}.tsv").is_file():
+            return str(folder / f"{stem}.tsv")
+        if (folder / "dataset_description.json").is_file():
+            break
+    return None
+
+
+def atlas_specs(inputs: SpaceInputs) -> list[dict]:
+    """Atlases of a run's ROI tables: the shipped ``TissueHemi`` on each MNI152NLin2009cAsym
+    res-1/res-2 output, and the FreeSurfer ``desc-aseg_dseg`` (T1w space) when the
+    derivatives have one and T1w outputs are written."""
+    from .templates import DEFAULT_ATLAS, SHIPPED_DIR, SHIPPED_TEMPLATE
+
+    specs = []
+    for target in inputs.templates:
+        space = target.space
+        folder = SHIPPED_DIR / f"tpl-{SHIPPED_TEMPLATE}"
+        dseg = folder / f"tpl-{SHIPPED_TEMPLATE}_res-0{space.res}_atlas-{DEFAULT_ATLAS}_dseg.nii.gz"
+        if space.name == SHIPPED_TEMPLATE and dseg.is_file():
+            specs.append({"space_key": f"{space.transform_label}_res-{space.res}", "label": DEFAULT_ATLAS,
+                          "dseg": str(dseg),
+                          "tsv": str(folder / f"tpl-{SHIPPED_TEMPLATE}_atlas-{DEFAULT_ATLAS}_dseg.tsv")})
+    if inputs.aseg and inputs.write_t1w:
+        spec = {"space_key": "T1w", "label": "aseg", "dseg": inputs.aseg}
+        tsv = _label_table_near(inputs.aseg, "desc-aseg_dseg")
+        if tsv:
+            spec["tsv"] = tsv
+        specs.append(spec)
+    return specs
