@@ -52,7 +52,6 @@ from ..bids.discovery import QalasRun
 from ..qalas.phantom.digital_brain import DigitalBrain, make_digital_brain
 from ..qalas.physics.protocols import sample_protocol
 from ..qalas.physics.timing import SequenceTiming, TimingProvenance
-from ..qalas.spaces.resample import resample_b1_to_qalas
 
 #: Scale of the simulated magnitudes (as in the demo dataset).
 GAIN = 10000.0
