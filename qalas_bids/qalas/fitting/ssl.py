@@ -216,6 +216,21 @@ def refine_least_squares(params: torch.Tensor, targets: torch.Tensor, b1: torch.
                  "unconverged_fraction": unconverged / n}
 
 
+def _load_for_mode(model_path, timing: SequenceTiming, mode: str, dev, *, force_model: bool,
+                   fallback: bool, warnings: list[str]):
+    """``(LoadedModel, mode)``: the weights for ``pretrained``/``fine-tune``; ``pretrained``
+    becomes ``fine-tune`` when the model was not trained for ``timing`` and ``fallback``."""
+    if mode == "pretrained" and fallback and not force_model:
+        try:
+            return load_model(model_path, expected_timing=timing, device=dev), mode
+        except QalasInputError as exc:
+            warnings.append(f"{exc} -- fine-tuned on this scan instead (--pretrained-fallback)")
+            LOGGER.warning(warnings[-1])
+            return load_model(model_path, expected_timing=timing, force=True, device=dev), "fine-tune"
+    return load_model(model_path, expected_timing=timing, force=force_model or mode == "fine-tune",
+                      device=dev), mode
+
+
 def fit_ssl(
     magnitudes: np.ndarray,
     b1: np.ndarray | None,
@@ -237,6 +252,7 @@ def fit_ssl(
     force_model: bool = False,
     patience: int = 6,
     save_model_path: str | None = None,
+    pretrained_fallback: bool = False,
 ) -> FitResult:
     """Fit T1 [s], T2 [s], PD [image units] and IE for ``magnitudes (N, 5)`` with SSL-QALAS.
 
@@ -249,6 +265,8 @@ def fit_ssl(
     pretrained/fine-tune (default: shipped Siemens prior); ``force_model`` uses weights
     trained for another timing in ``pretrained`` mode. ``save_model_path`` writes the
     trained network (scan-specific/fine-tune) with :func:`~.pretrained.save_model`.
+    ``pretrained_fallback``: in ``pretrained`` mode, fine-tune the model on this scan
+    (recorded in the warnings) instead of refusing a timing it was not trained for.
     Deterministic on CPU for a given ``seed`` and thread count.
     """
     if mode not in MODES:
@@ -264,14 +282,15 @@ def fit_ssl(
                     model_path=model_path, epochs=epochs, batch_size=batch_size, lr=lr,
                     tv_weight=tv_weight, use_b1_input=use_b1_input, progress=progress,
                     refine_steps=refine_steps, neighbors=neighbors, force_model=force_model,
-                    patience=patience, save_model_path=save_model_path)
+                    patience=patience, save_model_path=save_model_path,
+                    pretrained_fallback=pretrained_fallback)
     finally:
         torch.set_num_threads(old_threads)
 
 
 def _fit(mags, b1v, timing, warnings, t_start, dev, *, mode, seed, model_path, epochs,
          batch_size, lr, tv_weight, use_b1_input, progress, refine_steps, neighbors,
-         force_model, patience, save_model_path) -> FitResult:
+         force_model, patience, save_model_path, pretrained_fallback=False) -> FitResult:
     from ... import __version__
     from .pretrained import save_model
 
@@ -285,11 +304,14 @@ def _fit(mags, b1v, timing, warnings, t_start, dev, *, mode, seed, model_path, e
                             "input_normalisation": f"magnitudes / {SCALE_PERCENTILE:g}th percentile "
                                                    "of contrast 5 in the mask",
                             "seed": seed, "warnings": warnings}
-    loaded = None
+    loaded, timing_input = None, None
     if mode in ("pretrained", "fine-tune"):
-        loaded = load_model(model_path, expected_timing=timing,
-                            force=force_model or mode == "fine-tune", device=dev)
+        loaded, mode = _load_for_mode(model_path, timing, mode, dev, force_model=force_model,
+                                      fallback=pretrained_fallback, warnings=warnings)
+        if mode != info["method"]:
+            info.update(method=mode, pretrained_fallback="fine-tune")
         net = loaded.net
+        timing_input = loaded.timing_input(timing)
         if mode == "fine-tune" and loaded.warnings:
             info["model_timing_note"] = "model trained for another timing; fine-tuning adapts it"
         else:
@@ -302,8 +324,9 @@ def _fit(mags, b1v, timing, warnings, t_start, dev, *, mode, seed, model_path, e
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             net = QalasNet(NetworkConfig(use_b1_input=use_b1_input)).to(dev)
-    inputs = network_inputs(targets, b1_t, 1.0, use_b1_input)
+    inputs = network_inputs(targets, b1_t, 1.0, use_b1_input, timing_input)
     info["use_b1_input"] = bool(use_b1_input)
+    info["timing_input"] = timing_input is not None
 
     history: list[float] = []
     if mode in ("scan-specific", "fine-tune"):
