@@ -24,8 +24,8 @@ Training distribution (seconds):
   magnitudes are then noise-floor corrected, sqrt(max(M^2 - 2 sigma^2, 0)), as the app does.
 
 Reproducible: fixed seed, one CPU thread, fresh samples every step. The shipped file was made by
-  nice -n 10 python scripts/train_pretrained.py --steps 16000 --hidden 128 --seed 0 --threads 1
-(about 12-20 min on one shared CPU core).
+  nice -n 10 python scripts/train_pretrained.py --steps 30000 --hidden 128 --seed 0 --threads 1
+(about 13 min on one free CPU core, up to 25 min on a shared one).
 """
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def supervised_loss(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    parser.add_argument("--steps", type=int, default=12000)
+    parser.add_argument("--steps", type=int, default=30000)
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
