@@ -23,11 +23,12 @@ def main(argv=None) -> None:
     parser.add_argument("--snrs", type=float, nargs="+", default=list(SNRS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fluid-restart", action="store_true", help="second refinement start for fluid (SSL modes)")
     parser.add_argument("--model", default=None, help="weights for pretrained/fine-tune (default: shipped)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(format_table(condition_table(args.modes, args.snrs, n=args.n, seed=args.seed, threads=args.threads,
-                                       model_path=args.model)))
+                                       model_path=args.model, fluid_restart=args.fluid_restart)))
 
 
 if __name__ == "__main__":

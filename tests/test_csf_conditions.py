@@ -5,7 +5,7 @@ WM and GM, B1 0.85-1.15, Rician noise, noise-floor corrected), pretrained mode.
 Tolerances:
 * WM/GM: |median bias| < 0.5 % (T1, T2, PD, IE; SNR 120 so that 600 voxels resolve it) and
   NRMSE <= 1.1 x CRLB;
-* the second start of fluid-like voxels (``restart_fluid``) never raises a voxel's cost,
+* the second start of fluid-like voxels (``restart_fluid``, opt-in ``fluid_restart=True``) never raises a voxel's cost,
   leaves WM/GM untouched, and lowers the CSF T1 NRMSE summed over the conditions;
 * the issue's CSF target (median T1 and PD within 3 %, NRMSE <= 1.2 x CRLB) at SNR 60 is
   NOT met yet (strict xfail: it fails loudly once it is): the per-voxel least-squares
@@ -52,7 +52,7 @@ def test_fluid_restart_lowers_csf_error_and_never_the_fit():
     mags, truth, conditions, _ = voxel_set(120.0, 300, seed=2)
     kw = dict(device="cpu", progress=False, refine_steps=8)
     plain = fit_ssl(mags, truth["b1"], timing, mode="pretrained", fluid_restart=False, **kw)
-    fluid = fit_ssl(mags, truth["b1"], timing, mode="pretrained", **kw)
+    fluid = fit_ssl(mags, truth["b1"], timing, mode="pretrained", fluid_restart=True, **kw)
     assert fluid.info["refinement"]["fluid_voxels"] > 0
     # the restart on its own tensors: never a higher cost than the first refinement
     scale = robust_scale(mags)

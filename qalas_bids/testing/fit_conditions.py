@@ -62,7 +62,8 @@ def voxel_set(snr: float, n: int, seed: int = 0, t1s: Iterable[float] = CSF_T1_S
 
 
 def fit_mode(mode: str, mags: np.ndarray, b1: np.ndarray, timing: SequenceTiming, seed: int = 0,
-             threads: int | None = None, model_path: str | None = None) -> dict[str, np.ndarray]:
+             threads: int | None = None, model_path: str | None = None,
+             fluid_restart: bool = False) -> dict[str, np.ndarray]:
     """Fitted T1/T2/PD/IE of one mode (SSL modes with their default refinement)."""
     if mode == "dictionary":
         from ..qalas.fitting.dictionary import fit_dictionary
@@ -70,12 +71,13 @@ def fit_mode(mode: str, mags: np.ndarray, b1: np.ndarray, timing: SequenceTiming
     else:
         from ..qalas.fitting.ssl import fit_ssl
         fit = fit_ssl(mags, b1, timing, mode=mode, device="cpu", seed=seed, progress=False, num_threads=threads,
-                      model_path=model_path)
+                      model_path=model_path, fluid_restart=fluid_restart)
     return {p: np.asarray(getattr(fit, p), dtype=np.float64) for p in PARAMS}
 
 
 def condition_table(modes: Iterable[str] = MODES, snrs: Iterable[float] = SNRS, n: int = 400, seed: int = 0,
-                    threads: int | None = None, model_path: str | None = None) -> list[Row]:
+                    threads: int | None = None, model_path: str | None = None,
+                    fluid_restart: bool = False) -> list[Row]:
     """:class:`Row` per mode, SNR and condition (CSF grid, WM, GM); ``model_path`` for the
     pretrained/fine-tune modes (default: the shipped model)."""
     timing = SequenceTiming()
@@ -86,7 +88,8 @@ def condition_table(modes: Iterable[str] = MODES, snrs: Iterable[float] = SNRS, 
                         device="cpu")
         for mode in modes:
             est = fit_mode(mode, mags, truth["b1"], timing, seed, threads,
-                           model_path if mode in ("pretrained", "fine-tune") else None)
+                           model_path if mode in ("pretrained", "fine-tune") else None,
+                           fluid_restart=fluid_restart and mode != "dictionary")
             for cond in dict.fromkeys(conditions):
                 sel = conditions == cond
                 bias, nrmse, ratio = {}, {}, {}
