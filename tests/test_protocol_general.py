@@ -105,6 +105,7 @@ def _bias_table(truth, labels, timing, seed):
             for tissue in ("WM", "GM") for p in PARAMS}
 
 
+@pytest.mark.slow  # about 20 s alone on 2 cores (20 fits of 3000 voxels)
 def test_pretrained_is_unbiased_on_20_random_protocols(head_tissue):
     truth, labels = head_tissue
     rng = np.random.default_rng(2021)
