@@ -54,6 +54,7 @@ class Settings:
     batch_size: int | None = None
     model_path: Path | None = None
     force_model: bool = False
+    pretrained_fallback: bool = False
     save_model_dir: Path | None = None
     # synthetic contrasts
     synth_contrasts: tuple[str, ...] | None = None
@@ -116,6 +117,7 @@ class Settings:
             batch_size=opts.batch_size,
             model_path=Path(opts.model).absolute() if getattr(opts, "model", None) else None,
             force_model=bool(getattr(opts, "force_model", False)),
+            pretrained_fallback=bool(getattr(opts, "pretrained_fallback", False)),
             save_model_dir=Path(opts.save_model).absolute() if getattr(opts, "save_model", None) else None,
             synth_contrasts=(tuple(dict.fromkeys(n for group in opts.synth_contrasts for n in group))
                              if opts.synth_contrasts else None),
@@ -140,7 +142,10 @@ class Settings:
     @property
     def ssl_options(self) -> dict[str, Any]:
         """Expert SSL options passed to ``fit_volume`` (only those the user set)."""
-        return {k: v for k, v in (("epochs", self.epochs), ("batch_size", self.batch_size)) if v is not None}
+        options = {k: v for k, v in (("epochs", self.epochs), ("batch_size", self.batch_size)) if v is not None}
+        if self.pretrained_fallback and self.fit_mode == "pretrained":
+            options["pretrained_fallback"] = True
+        return options
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-serialisable view (paths as strings)."""

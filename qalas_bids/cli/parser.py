@@ -132,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--force-model", action="store_true",
                    help="use a --model trained for another timing/vendor/field anyway (a warning "
                         "is written into every sidecar)")
+    g.add_argument("--pretrained-fallback", action="store_true",
+                   help="with --fit-mode pretrained: when the scan's timing is outside the ranges "
+                        "the model was trained for, fine-tune it on this scan (recorded in the "
+                        "sidecars) instead of stopping with exit 2")
     g.add_argument("--save-model", type=v.output_path, metavar="DIR",
                    help="write each run's trained network (scan-specific or fine-tune) to DIR as "
                         "sub-X[_ses-Y][_run-Z]_desc-ssl_model.pt, reusable with --model")
@@ -199,6 +203,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--model is used by --fit-mode pretrained or fine-tune only")
     if opts.force_model and opts.model is None:
         parser.error("--force-model needs --model")
+    if opts.pretrained_fallback and opts.fit_mode != "pretrained":
+        parser.error("--pretrained-fallback is for --fit-mode pretrained")
     if opts.save_model is not None:
         if opts.analysis_level != "participant":
             parser.error("--save-model is a participant-level option")

@@ -9,6 +9,13 @@ one network is trained self-supervised on them. The models are written to
 ``<output_dir>/models/cohort_scanner-<key>_model.pt`` (+ a JSON copy of their metadata)
 and are used with ``qalas-bids ... --fit-mode pretrained|fine-tune --model FILE``.
 
+The network shipped with the package (``qalas_bids/data/ssl_pretrained_generic.pt``) is
+not made by this command: it is protocol-general (the sequence timing is a network input)
+and trained on simulated voxels over every protocol of ``PROTOCOL_RANGES``, reproducibly
+(seeded, CPU) with ``nice -n 10 python scripts/train_pretrained.py --steps 30000 --hidden
+128 --seed 0 --threads 1`` (see docs/methods.md). Cohort models from this command are
+per-protocol and are checked against the scan's timing field by field.
+
 Exit status: 0 success, 2 usage or input error.
 """
 from __future__ import annotations

@@ -82,16 +82,18 @@ def discover_runs(settings: Settings) -> list:
                 if run.timing is not None:
                     check_model_compatibility(model, run.timing.timing, run.metadata,
                                               force=settings.force_model, label=run.label)
-        elif settings.fit_mode == "pretrained":  # a shipped model for each run's vendor timing
-            from ..qalas.fitting.pretrained import select_pretrained_model
+        elif settings.fit_mode == "pretrained":  # the shipped model's timing ranges
+            from ..qalas.fitting.pretrained import check_pretrained_timing
 
             for run in runs:
                 if run.timing is not None:
                     try:
-                        chosen = select_pretrained_model(run.timing.timing)
+                        check_pretrained_timing(run.timing.timing, model)
                     except QalasInputError as exc:
-                        raise UsageError(f"{run.label}: {exc}") from None
-                    LOGGER.info("%s: pretrained model %s", run.label, chosen.name)
+                        if not settings.pretrained_fallback:
+                            raise UsageError(f"{run.label}: {exc}") from None
+                        LOGGER.warning("%s: %s -- it will be fine-tuned on this scan "
+                                       "(--pretrained-fallback)", run.label, exc)
     LOGGER.info("%d QALAS run(s) of %d participant(s) selected", len(runs),
                 len({r.subject for r in runs}))
     return runs

@@ -30,7 +30,7 @@ import torch
 
 from ..errors import QalasInputError
 from .network import NetworkConfig, QalasNet, network_inputs, robust_scale
-from .pretrained import TIMING_RTOL, file_sha256, save_model
+from .pretrained import TIMING_RTOL, file_sha256, is_protocol_general, save_model, timing_mismatch
 from ..physics.timing import SequenceTiming, vendor_key
 
 LOGGER = logging.getLogger("qalas_bids")
@@ -110,7 +110,8 @@ def check_model_compatibility(model_path: str | Path, timing: SequenceTiming,
                               force: bool = False, label: str = "this scan") -> list[str]:
     """Check that a user model was trained for the scan's protocol.
 
-    Compares the sequence timing (any field > 2 %), the vendor (timing ``vendor`` or the
+    Compares the sequence timing (any field > 2 %; protocol-general models: their timing
+    ranges, and no vendor check), the vendor (timing ``vendor`` or the
     model's ``acquisition.Manufacturer``) and ``MagneticFieldStrength`` (> 5 %) of the
     model with the scan's ``timing`` and sidecar ``metadata``. Raises
     :class:`QalasInputError` naming every difference, unless ``force``; then returns the
@@ -120,13 +121,14 @@ def check_model_compatibility(model_path: str | Path, timing: SequenceTiming,
     name = Path(model_path).name
     problems: list[str] = []
     model_timing = SequenceTiming(**config["timing"])
-    diff = timing.differs_from(model_timing, rtol=TIMING_RTOL)
-    if diff:
-        problems.append("timing " + ", ".join(f"{k}: scan {a} vs model {b}" for k, (a, b) in sorted(diff.items())))
+    timing_problem = timing_mismatch(timing, config)
+    if timing_problem:
+        problems.append(f"timing {timing_problem}")
     meta = dict(metadata or {})
     acq = dict(config.get("acquisition") or {})
     scan_vendor = vendor_key(meta.get("Manufacturer")) or timing.vendor
-    model_vendor = vendor_key(acq.get("Manufacturer")) or model_timing.vendor
+    model_vendor = None if is_protocol_general(config) else (vendor_key(acq.get("Manufacturer"))
+                                                             or model_timing.vendor)
     if scan_vendor and model_vendor and str(scan_vendor).lower() != str(model_vendor).lower():
         problems.append(f"vendor: scan {scan_vendor} vs model {model_vendor}")
     scan_field, model_field = meta.get("MagneticFieldStrength"), acq.get("MagneticFieldStrength")

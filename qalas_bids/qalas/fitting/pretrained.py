@@ -8,9 +8,12 @@ A model file is a small ``torch.save`` dictionary loadable with ``weights_only=T
 :class:`~qalas_bids.qalas.fitting.network.NetworkConfig`), ``timing`` (the sequence timing the
 weights were trained for, seconds), ``input_normalisation``, ``ranges``,
 ``software_version``, ``training`` (provenance) and ``loss_history``.
-The shipped priors live in ``qalas_bids/data/ssl_pretrained_<vendor>.pt``, one per vendor
-timing preset (a JSON copy of each config sits next to it); ``pretrained`` picks the one
-trained for the scan's timing. User-trained cohort models use the same format.
+The shipped prior is ``qalas_bids/data/ssl_pretrained_generic.pt`` (a JSON copy of its
+config sits next to it): a *protocol-general* network (``config["protocol_general"]``,
+``network.timing_ranges``) that takes the normalised timing as input and serves every
+timing inside its ranges. User-trained cohort and ``--save-model`` models use the same
+format and are per-protocol (checked against their ``timing`` within 2 %); files written
+before protocol-general models (no ``timing_ranges``) load unchanged.
 """
 from __future__ import annotations
 
@@ -26,16 +29,19 @@ import torch
 
 from ... import __version__
 from ..errors import QalasInputError
-from .network import NetworkConfig, QalasNet
+from .network import NetworkConfig, QalasNet, timing_features
+from ..physics.protocols import out_of_range
 from ..physics.timing import SequenceTiming
 
 LOGGER = logging.getLogger("qalas_bids")
 
 MODEL_FORMAT = "qalas-bids-ssl-model"
 MODEL_FORMAT_VERSION = 1
-DEFAULT_MODEL_NAME = "ssl_pretrained_siemens.pt"
-#: Relative tolerance on each timing field before a model counts as trained for another
-#: protocol.
+#: The one shipped model: protocol-general (timing is a network input), trained over
+#: :data:`~..physics.protocols.PROTOCOL_RANGES` by ``scripts/train_pretrained.py``.
+DEFAULT_MODEL_NAME = "ssl_pretrained_generic.pt"
+#: Relative tolerance on each timing field before a per-protocol model counts as trained
+#: for another protocol.
 TIMING_RTOL = 0.02
 
 
@@ -51,52 +57,70 @@ class LoadedModel:
 
     @property
     def timing(self) -> SequenceTiming:
+        """The protocol it was trained for (protocol-general models: a reference protocol)."""
         return SequenceTiming(**self.config["timing"])
+
+    @property
+    def protocol_general(self) -> bool:
+        return is_protocol_general(self.config)
+
+    def timing_input(self, timing: SequenceTiming) -> torch.Tensor | None:
+        """The network's timing features for ``timing`` (``None``: no timing inputs)."""
+        ranges = self.net.config.timing_ranges
+        return timing_features(timing, ranges).float() if ranges else None
 
 
 def default_model_path() -> Path:
-    """Path of the shipped pretrained weights (inside the installed package)."""
+    """Path of the shipped protocol-general weights (inside the installed package)."""
     return Path(str(resources.files("qalas_bids") / "data" / DEFAULT_MODEL_NAME))
 
 
-def shipped_models() -> list[Path]:
-    """The shipped pretrained models (one per vendor timing preset), Siemens first."""
-    folder = default_model_path().parent
-    return sorted(folder.glob("ssl_pretrained_*.pt"), key=lambda p: (p.name != DEFAULT_MODEL_NAME, p.name))
+def is_protocol_general(config: dict[str, Any]) -> bool:
+    """Whether a model config is for any timing inside its ranges (not for one protocol)."""
+    return bool(config.get("protocol_general")) and bool((config.get("network") or {}).get("timing_ranges"))
 
 
-def _model_timing(path: Path) -> SequenceTiming:
-    """Timing a model was trained for, from its JSON copy (no torch.load needed)."""
+def read_config(path: str | Path) -> dict[str, Any]:
+    """A model's config, from its JSON copy when there is one (no torch.load needed)."""
+    path = Path(path)
     sidecar = path.with_suffix(".json")
     if sidecar.is_file():
-        return SequenceTiming(**json.loads(sidecar.read_text())["timing"])
-    return SequenceTiming(**torch.load(path, map_location="cpu", weights_only=True)["config"]["timing"])
+        return json.loads(sidecar.read_text())
+    return torch.load(path, map_location="cpu", weights_only=True)["config"]
 
 
-def select_pretrained_model(timing: SequenceTiming, *, strict: bool = True) -> Path:
-    """The shipped model trained for ``timing`` (every field within :data:`TIMING_RTOL`).
+def timing_mismatch(timing: SequenceTiming, config: dict[str, Any]) -> str | None:
+    """Why a model with ``config`` does not fit a scan with ``timing`` (``None``: it does).
 
-    ``strict=False`` (fine-tune, forced models) returns the closest one when none matches.
-    Raises :class:`QalasInputError` naming the shipped protocols and the fix otherwise.
+    Protocol-general models: the fields outside their trained timing ranges; per-protocol
+    models: the fields more than :data:`TIMING_RTOL` away from the protocol they were
+    trained for.
     """
-    candidates = []
-    for path in shipped_models():
-        model_timing = _model_timing(path)
-        diff = timing.differs_from(model_timing, rtol=TIMING_RTOL)
-        distance = sum(abs(a - b) / max(abs(b), 1e-12) for a, b in diff.values())
-        candidates.append((len(diff), distance, path, diff, model_timing.vendor))
-    if not candidates:
-        raise QalasInputError("no shipped SSL model found: reinstall qalas-bids (the weights are package data)")
-    n_diff, _, best, diff, _ = min(candidates, key=lambda c: (c[0], c[1]))
-    if n_diff == 0 or not strict:
-        return best
-    shipped = ", ".join(f"{c[4]} ({c[2].name})" for c in candidates)
-    detail = ", ".join(f"{k}: scan {a:g} vs model {b:g}" for k, (a, b) in sorted(diff.items()))
-    raise QalasInputError(
-        f"no shipped pretrained model was trained for this scan's QALAS timing (vendor preset "
-        f"{timing.vendor}; shipped: {shipped}; closest {best.name} differs in {detail}). Use "
-        "--fit-mode fine-tune (adapts the closest model to this scan) or scan-specific, or a model "
-        "trained for this protocol (--model, see qalas-bids-train)")
+    if is_protocol_general(config):
+        ranges = {k: tuple(v) for k, v in config["network"]["timing_ranges"].items()}
+        out = out_of_range(timing, ranges=ranges)
+        if not out:
+            return None
+        return "outside the timing ranges it was trained for: " + ", ".join(
+            f"{k} {value:g} (trained {lo:g}-{hi:g})" for k, (value, (lo, hi)) in sorted(out.items()))
+    diff = timing.differs_from(SequenceTiming(**config["timing"]), rtol=TIMING_RTOL)
+    if not diff:
+        return None
+    return "trained for another QALAS timing (" + ", ".join(
+        f"{k}: scan {a:g} vs model {b:g}" for k, (a, b) in sorted(diff.items())) + ")"
+
+
+def check_pretrained_timing(timing: SequenceTiming, path: str | Path | None = None) -> None:
+    """Refuse (:class:`QalasInputError`) a scan whose timing the model at ``path`` (default:
+    the shipped one) was not trained for, naming the fields and the ways out."""
+    path = Path(path) if path is not None else default_model_path()
+    problem = timing_mismatch(timing, read_config(path))
+    if problem:
+        raise QalasInputError(
+            f"the QALAS timing of this scan is {problem}, so --fit-mode pretrained with {path.name} "
+            "would be biased. Use --pretrained-fallback (fine-tunes the model on this scan when "
+            "needed), --fit-mode fine-tune or scan-specific, or a model trained for this protocol "
+            "(--model, see qalas-bids-train)")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -137,17 +161,14 @@ def save_model(path: str | Path, net: QalasNet, config: dict[str, Any]) -> Path:
 
 def load_model(path: str | Path | None = None, expected_timing: SequenceTiming | None = None,
                force: bool = False, device: torch.device | str = "cpu") -> LoadedModel:
-    """Load weights saved by :func:`save_model` (``None`` = the shipped model for
-    ``expected_timing``, see :func:`select_pretrained_model`; the Siemens one without it).
+    """Load weights saved by :func:`save_model` (``None`` = the shipped protocol-general model).
 
-    When ``expected_timing`` (the scan's timing) differs from the model's by more than
-    2 % in any field, raises :class:`QalasInputError` naming the fields, unless ``force``
-    (then the mismatch is recorded in ``LoadedModel.warnings``). Never uses the network.
+    When the model was not trained for ``expected_timing`` (the scan's timing; see
+    :func:`timing_mismatch`), raises :class:`QalasInputError` naming the fields, unless
+    ``force`` (then the mismatch is recorded in ``LoadedModel.warnings``). Never uses the
+    network.
     """
-    if path is None:
-        path = (select_pretrained_model(expected_timing, strict=not force) if expected_timing is not None
-                else default_model_path())
-    path = Path(path)
+    path = Path(path) if path is not None else default_model_path()
     if not path.is_file():
         raise QalasInputError(f"SSL model file not found: {path}. Pass an existing --model file "
                               "or reinstall qalas-bids (the shipped weights are package data).")
@@ -171,12 +192,9 @@ def load_model(path: str | Path | None = None, expected_timing: SequenceTiming |
     net.to(device).eval()
     loaded = LoadedModel(net=net, config=config, path=str(path), sha256=file_sha256(path))
     if expected_timing is not None:
-        model_timing = SequenceTiming(**config["timing"])
-        diff = expected_timing.differs_from(model_timing, rtol=TIMING_RTOL)
-        if diff:
-            detail = ", ".join(f"{k}: scan {a} vs model {b}" for k, (a, b) in sorted(diff.items()))
-            message = (f"SSL model {path.name} was trained for another QALAS timing ({detail}); "
-                       "its maps would be biased")
+        problem = timing_mismatch(expected_timing, config)
+        if problem:
+            message = f"SSL model {path.name} is {problem}; its maps would be biased"
             if not force:
                 raise QalasInputError(message + ". Use --fit-mode fine-tune or scan-specific, a model "
                                       "trained for this protocol, or force it (--force-model).")

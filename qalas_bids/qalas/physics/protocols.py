@@ -62,14 +62,53 @@ def sample_protocol(rng: np.random.Generator, *, vendor: str = "custom", max_tri
     raise RuntimeError(f"no playable protocol in {max_tries} draws from PROTOCOL_RANGES")
 
 
-def out_of_range(timing: SequenceTiming, rtol: float = 1e-6) -> dict[str, tuple[float, tuple[float, float]]]:
-    """Fields of ``timing`` outside :data:`PROTOCOL_RANGES`: ``{field: (value, (lo, hi))}``."""
-    values = timing.as_dict()
+def protocol_values(timing) -> dict:
+    """The fields of :data:`PROTOCOL_RANGES` of ``timing`` (``tr_extra = tr_cycle - 5 gap +
+    trel``, the only way ``tr_cycle`` and ``trel`` enter the signal). Works for a
+    :class:`SequenceTiming` and for any object with the same attributes as tensors."""
+    values = {name: getattr(timing, name) for name in PROTOCOL_RANGES if name != "tr_extra"}
     values["tr_extra"] = timing.tr_cycle - 5 * timing.gap + timing.trel
+    return values
+
+
+def out_of_range(timing: SequenceTiming, rtol: float = 1e-6,
+                 ranges: Mapping[str, tuple[float, float]] | None = None) -> dict[str, tuple[float, tuple[float, float]]]:
+    """Fields of ``timing`` outside ``ranges`` (default :data:`PROTOCOL_RANGES`):
+    ``{field: (value, (lo, hi))}``."""
+    values = protocol_values(timing)
     out = {}
-    for name, (lo, hi) in PROTOCOL_RANGES.items():
+    for name, (lo, hi) in (ranges or PROTOCOL_RANGES).items():
         value = float(values[name])
         slack = rtol * max(abs(lo), abs(hi), 1.0)
         if not (lo - slack <= value <= hi + slack) or not math.isfinite(value):
             out[name] = (value, (lo, hi))
     return out
+
+
+class ProtocolBatch:
+    """Timings of many protocols as ``(N,)`` float64 tensors, one per voxel, with the
+    attributes the signal model reads (``etl``, ``flip_angle_rad``, ...): the signal model
+    broadcasts them against the voxel parameters, so a batch mixes protocols."""
+
+    FIELDS = ("tf", "esp", "t2p", "tc", "gap", "tr_cycle", "tinv", "d56", "trel", "flip_angle")
+
+    def __init__(self, timings: list[SequenceTiming]) -> None:
+        import torch
+
+        for name in self.FIELDS:
+            setattr(self, name, torch.tensor([float(getattr(t, name)) for t in timings], dtype=torch.float64))
+
+    def take(self, index) -> "ProtocolBatch":
+        """The protocols at ``index`` (a tensor of indices) as a new batch."""
+        out = object.__new__(ProtocolBatch)
+        for name in self.FIELDS:
+            setattr(out, name, getattr(self, name)[index])
+        return out
+
+    @property
+    def etl(self):
+        return self.tf * self.esp
+
+    @property
+    def flip_angle_rad(self):
+        return self.flip_angle * (math.pi / 180.0)
