@@ -187,10 +187,11 @@ def check_volume_order(run: Any, data4d: np.ndarray) -> list[str]:
     return []
 
 
-#: QALAS contrast (readout index) the B1 magnitude is registered to: the last, most
-#: recovered contrast (PD/T1-weighted, bright tissue, dark background, like the B1 maps'
-#: magnitudes).
-FIXED_CONTRAST = 4
+#: QALAS contrast (readout index) each kind's B1 magnitude is registered to, by
+#: measurement (docs/b1.md: RMS error over the head on the 2 mm digital brain): the last,
+#: most recovered contrast for the PD-weighted TFL/RFM anat and long-TR DAM magnitudes
+#: (0.2-0.3 mm), the second for the T1-weighted AFI tr1 image (0.5 mm; contrast 4: 1.2 mm).
+FIXED_CONTRAST = {"tfl": 4, "rfm": 4, "dam": 4, "afi": 1}
 
 
 def b1_on_qalas_grid(run: Any, reference: Any, head_mask: np.ndarray, flip_angle_override: float | None,
@@ -201,7 +202,7 @@ def b1_on_qalas_grid(run: Any, reference: Any, head_mask: np.ndarray, flip_angle
     and the rigid transform (SimpleITK, None with header geometry).
 
     The map of any kind is converted on its own grid (:mod:`.b1_read`), optionally moved by
-    a rigid registration of its magnitude to QALAS contrast :data:`FIXED_CONTRAST`
+    a rigid registration of its magnitude to the QALAS contrast :data:`FIXED_CONTRAST`
     (``registration="rigid"``, needs ``qalas_data``), resampled with both affines, clipped
     and checked by :func:`qalas_bids.qalas.b1.prepare.b1_in_qalas_space`. The summary
     records the kind, the conversion parameters, the registration and the B1 QC; its
@@ -232,7 +233,8 @@ def b1_on_qalas_grid(run: Any, reference: Any, head_mask: np.ndarray, flip_angle
             reg_info["Note"] = "no magnitude image of the B1 map to register: header geometry used"
             warnings.append(f"B1 QC: {reg_info['Note']} ({', '.join(Path(p).name for p in b1.files.values())})")
         else:
-            fixed = nib.Nifti1Image(np.asarray(qalas_data[..., FIXED_CONTRAST], np.float32), reference.affine)
+            contrast = FIXED_CONTRAST[b1.kind]
+            fixed = nib.Nifti1Image(np.asarray(qalas_data[..., contrast], np.float32), reference.affine)
             try:
                 result = register_rigid(native["magnitude"], fixed, head_mask)
             except QalasInputError as exc:
@@ -242,7 +244,7 @@ def b1_on_qalas_grid(run: Any, reference: Any, head_mask: np.ndarray, flip_angle
             transform = result.transform
             reg_info = {**result.summary(), "MovingImage": Path(b1.files[{"tfl": "anat", "rfm": "anat", "afi": "tr1",
                                                                              "dam": "flip1"}[b1.kind]]).name,
-                        "FixedImage": f"QALAS contrast {FIXED_CONTRAST} (readout order)"}
+                        "FixedImage": f"QALAS contrast {contrast} (readout order, from 0)"}
             warnings += motion_warnings(result.translation_mm, result.rotation_deg)
     if b1.kind == "tfl":  # the gate's hint names the famp nominal angle
         source = nib.Nifti1Image(np.asarray(field.dataobj) * 10.0 * params["NominalFlipAngle"], field.affine)

@@ -125,8 +125,24 @@ def prepare_inputs(settings: Settings, runs: list) -> list:
     for run, (files, warnings) in zip(runs, fork_map(prepare, len(runs), settings.nprocs)):  # runs side by side
         for warning in warnings:
             LOGGER.warning("%s: %s", run.label, warning)
+        if files.b1_transform_file:
+            files = _publish_b1_transform(settings, run, files)
         prepared.append(dataclasses.replace(run, warnings=run.warnings + warnings, prepared=files))
     return prepared
+
+
+def _publish_b1_transform(settings: Settings, run, files):
+    """Copy the rigid B1 -> QALAS ITK transform into the derivatives (``fmap/..._xfm.txt``)
+    and record its path in the B1 summary that every sidecar carries."""
+    from ..bids.derivatives import atomic_write_text, check_output_dir, transform_path
+
+    rel = transform_path(run.entities)
+    check_output_dir(settings.output_dir, settings.bids_dir)
+    atomic_write_text(Path(settings.output_dir) / rel, Path(files.b1_transform_file).read_text())
+    info = dict(files.b1_info)
+    info["Registration"] = {**info.get("Registration", {}), "TransformFile": rel,
+                            "TransformConvention": "ITK (LPS): maps QALAS points to B1 map points"}
+    return dataclasses.replace(files, b1_info=info)
 
 
 def lock_work_dirs(settings: Settings, runs: list, stack) -> None:
