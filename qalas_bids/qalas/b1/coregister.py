@@ -122,12 +122,12 @@ def register_rigid(moving: nib.spatialimages.SpatialImage, fixed: nib.spatialima
         mask_img = to_sitk(nib.Nifti1Image(region.astype(np.float32), fixed.affine))
         reg.SetMetricFixedMask(sitk.Cast(mask_img > 0.5, sitk.sitkUInt8))
     reg.SetInterpolator(sitk.sitkLinear)
-    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3,
+    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-3,
                                                  numberOfIterations=iterations,
                                                  gradientMagnitudeTolerance=1e-6)
     reg.SetOptimizerScalesFromPhysicalShift()
-    reg.SetShrinkFactorsPerLevel([2, 1])
-    reg.SetSmoothingSigmasPerLevel([2.0, 0.0])
+    reg.SetShrinkFactorsPerLevel([4, 2, 1])
+    reg.SetSmoothingSigmasPerLevel([4.0, 2.0, 0.0])
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     reg.SetInitialTransform(initial, inPlace=False)
     try:
