@@ -185,3 +185,15 @@ def test_no_b1_bias_constant_matches_the_refit():
             for name, value in maps.items():
                 assert got[tissue][name] == pytest.approx(value, abs=0.11), (b1, tissue, name)
     json.dumps(NO_B1_BIAS_PER_10_PERCENT)  # sidecar-ready
+
+
+def test_no_b1_is_stated_in_help_and_sidecars():
+    from qalas_bids.bids.sidecars import map_metadata
+    from qalas_bids.cli.parser import build_parser
+
+    help_text = " ".join(build_parser().format_help().split())
+    wm = NO_B1_BIAS_PER_10_PERCENT[0.9]["WM"]["T1"]
+    assert f"true B1 0.9: WM T1 {wm:+.1f} %" in help_text
+    assert "--b1-registration {header,rigid}" in help_text and "--afi-tr-ratio" in help_text
+    (first, *_) = map_metadata("scan-specific", [], None)
+    assert "per 10 % of B1 error" in first["B1Source"] and f"WM T1 {wm:+.1f} %" in first["B1Source"]
