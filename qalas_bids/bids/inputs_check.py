@@ -17,7 +17,6 @@ from typing import Any, Sequence
 import nibabel as nib
 import numpy as np
 
-from ..qalas.b1.no_b1 import no_b1_bias_text
 from ..qalas.b1.prepare import DEFAULT_MIN_COVERAGE
 from ..qalas.errors import QalasInputError
 from ..utils.nifti_io import map_threads, read_array
@@ -275,8 +274,8 @@ class RunInputs:
     mask : head mask (bool; CSF included), :func:`qalas_bids.qalas.tissue.masking.compute_head_mask`
     b1 : relative B1 (float32, 0 outside the head), None without a B1 map or with ``--no-b1``
     b1_info : coverage/clipping/conversion/registration/QC summary of the B1 map (empty without one)
-    warnings : warnings of the checks (recorded in the sidecars; with ``--no-b1`` the
-        expected bias, :func:`qalas_bids.qalas.b1.no_b1.no_b1_bias_text`)
+    warnings : warnings of the checks (recorded in the sidecars; the fit adds the no-B1
+        bias statement, :data:`qalas_bids.qalas.fitting.voxel_inputs.NO_B1_WARNING`)
     b1_transform : the rigid B1 -> QALAS transform (SimpleITK) or None
     """
 
@@ -315,8 +314,6 @@ def check_run_inputs(run: Any, *, use_b1: bool = True, flip_angle_override: floa
             order.result()  # volumes out of order explain a failed mask or B1 check: that error first
             raise
         warnings = tuple(order.result())
-    if b1 is None:
-        warnings += (no_b1_bias_text(),)
     return RunInputs(data4d, reference, mask, b1, b1_info, warnings, transform)
 
 
