@@ -49,6 +49,8 @@ def test_afi_moved_map_is_registered_flagged_and_recorded(afi_moved, tmp_path):
     assert abs(np.median(error)) < 0.01 and np.percentile(np.abs(error), 95) < 0.04
     report = (out / "sub-01.html").read_text()
     assert "B1 QC: the rigid registration moved" in report
+    assert "B1+ map coregistration (moved" in report  # before/after overlay
+    assert list((out / "sub-01" / "figures").glob("*desc-b1motion_TB1map.png"))
 
 
 def test_afi_missing_tr_key_is_exit_2(afi_moved, tmp_path):
