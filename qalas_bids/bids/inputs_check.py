@@ -20,6 +20,7 @@ import numpy as np
 from ..qalas.b1.prepare import DEFAULT_MIN_COVERAGE
 from ..qalas.errors import QalasInputError
 from ..utils.nifti_io import map_threads, read_array
+from .b1_pairing import KINDS
 from .b1_read import b1_parameters, relative_b1_native
 
 N_CONTRASTS = 5
@@ -227,24 +228,32 @@ def b1_on_qalas_grid(run: Any, reference: Any, head_mask: np.ndarray, flip_angle
     field, invalid = native["b1"], native["invalid"]
     transform = None
     reg_info: dict[str, Any] = {"Method": "header geometry (both affines)"}
-    if registration == "rigid":
-        if native["magnitude"] is None:
-            reg_info["Note"] = "no magnitude image of the B1 map to register: header geometry used"
+    if native["magnitude"] is None:
+        reg_info["Note"] = "no magnitude image of the B1 map to register: header geometry used, motion not checked"
+        if registration == "rigid":
             warnings.append(f"B1 QC: {reg_info['Note']} ({', '.join(Path(p).name for p in b1.files.values())})")
-        else:
-            contrast = FIXED_CONTRAST[b1.kind]
-            fixed = nib.Nifti1Image(np.asarray(qalas_data[..., contrast], np.float32), reference.affine)
-            try:
-                result = register_rigid(native["magnitude"], fixed, head_mask)
-            except QalasInputError as exc:
+    elif qalas_data is not None:
+        # The registration also runs with header placement: it measures the motion for the QC.
+        contrast = FIXED_CONTRAST[b1.kind]
+        fixed = nib.Nifti1Image(np.asarray(qalas_data[..., contrast], np.float32), reference.affine)
+        try:
+            result = register_rigid(native["magnitude"], fixed, head_mask)
+        except QalasInputError as exc:
+            if registration == "rigid":
                 raise QalasInputError(f"{run.label}: {exc}") from None
-            field = nib.Nifti1Image(np.asarray(field.dataobj), registered_affine(field.affine, result))
-            invalid = nib.Nifti1Image(np.asarray(invalid.dataobj), registered_affine(invalid.affine, result))
-            transform = result.transform
-            reg_info = {**result.summary(), "MovingImage": Path(b1.files[{"tfl": "anat", "rfm": "anat", "afi": "tr1",
-                                                                             "dam": "flip1"}[b1.kind]]).name,
+            result = None
+            reg_info["Note"] = f"motion not measured: {exc}"
+        if result is not None:
+            measured = {**result.summary(), "MovingImage": Path(b1.files[KINDS[b1.kind]["magnitude"]]).name,
                         "FixedImage": f"QALAS contrast {contrast} (readout order, from 0)"}
-            warnings += motion_warnings(result.translation_mm, result.rotation_deg)
+            warnings += motion_warnings(result.translation_mm, result.rotation_deg,
+                                        applied=registration == "rigid")
+            if registration == "rigid":
+                field = nib.Nifti1Image(np.asarray(field.dataobj), registered_affine(field.affine, result))
+                invalid = nib.Nifti1Image(np.asarray(invalid.dataobj), registered_affine(invalid.affine, result))
+                transform, reg_info = result.transform, measured
+            else:
+                reg_info["MeasuredMotion"] = measured
     if b1.kind == "tfl":  # the gate's hint names the famp nominal angle
         source = nib.Nifti1Image(np.asarray(field.dataobj) * 10.0 * params["NominalFlipAngle"], field.affine)
         angle, relative = params["NominalFlipAngle"], False

@@ -23,12 +23,16 @@ MAX_GRADIENT_PER_MM = 0.03
 MAX_STEP_FRACTION = 0.01
 
 
-def motion_warnings(motion_mm: float, rotation_deg: float) -> list[str]:
-    """A warning when the registration moved the B1 map by more than 2 mm or 2 degrees."""
+def motion_warnings(motion_mm: float, rotation_deg: float, applied: bool = True) -> list[str]:
+    """A warning when the registration moved the B1 map by more than 2 mm or 2 degrees
+    (``applied=False``: measured only, the map was placed by its header)."""
     if motion_mm > MAX_MOTION_MM or rotation_deg > MAX_ROTATION_DEG:
+        fix = ("check the B1 overlay in the report" if applied else
+               "the map was placed by its header (--b1-registration header), so B1 is misplaced: "
+               "rerun with --b1-registration rigid")
         return [f"B1 QC: the rigid registration moved the B1 map by {motion_mm:.1f} mm and {rotation_deg:.1f} "
                 f"deg relative to its header position (more than {MAX_MOTION_MM:g} mm / {MAX_ROTATION_DEG:g} deg): "
-                "the head moved between the B1 map and QALAS; check the B1 overlay in the report"]
+                f"the head moved between the B1 map and QALAS; {fix}"]
     return []
 
 
