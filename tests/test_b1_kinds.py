@@ -197,3 +197,10 @@ def test_no_b1_is_stated_in_help_and_sidecars():
     assert "--b1-registration {header,rigid}" in help_text and "--afi-tr-ratio" in help_text
     (first, *_) = map_metadata("scan-specific", [], None)
     assert "per 10 % of B1 error" in first["B1Source"] and f"WM T1 {wm:+.1f} %" in first["B1Source"]
+
+
+def test_tb1map_scale_survives_a_noisy_background():
+    head = RNG.uniform(70, 130, 3000)
+    background = np.abs(RNG.normal(0, 20, 7000))  # 70 % of the field of view is noise
+    ratio, how = kinds.relative_b1_from_map(np.concatenate([head, background]), None)
+    assert how == "percent (values)" and np.allclose(ratio[:3000], head / 100)

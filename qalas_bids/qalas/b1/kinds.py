@@ -20,10 +20,14 @@ from scipy import ndimage
 
 from ..errors import QalasInputError
 
-#: Median of a ready TB1map above which its values are read as percent (a ratio is ~1).
+#: Range of the 90th percentile of a ready TB1map's positive voxels read as percent (the
+#: head is ~100); a percentile, not the median, because background noise may fill most of
+#: the field of view.
 PERCENT_MEDIAN_RANGE = (20.0, 300.0)
-#: Median of a ratio TB1map must lie in this range.
+#: The same for a ratio TB1map (the head is ~1).
 RATIO_MEDIAN_RANGE = (0.2, 3.0)
+#: Percentile of the positive voxels that decides percent or ratio.
+SCALE_PERCENTILE = 90.0
 
 
 def check_flip_angle(flip_angle_deg: float, what: str = "B1 map") -> float:
@@ -119,13 +123,14 @@ def relative_b1_from_map(values: np.ndarray, units: str | None) -> tuple[np.ndar
 
     ``units`` is the sidecar ``Units``: ``percent``/``%`` divides by 100, a ratio unit
     (``1``, ``ratio``, ``arbitrary``, ``a.u.``...) keeps the values. Without units, or when
-    the values contradict the units, the median of the positive voxels decides (about 100:
-    percent, about 1: ratio); a median that fits neither raises :class:`QalasInputError`.
+    the values contradict the units, the 90th percentile of the positive voxels decides
+    (about 100: percent, about 1: ratio); a value that fits neither raises
+    :class:`QalasInputError`.
     Returns ``(ratio, "percent (Units)" | "ratio (Units)" | "percent (values)" | ...)``.
     """
     values = _finite(values, "B1 map")
     positive = values[values > 0]
-    median = float(np.median(positive)) if positive.size else 0.0
+    median = float(np.percentile(positive, SCALE_PERCENTILE)) if positive.size else 0.0
     looks_percent = PERCENT_MEDIAN_RANGE[0] <= median <= PERCENT_MEDIAN_RANGE[1]
     looks_ratio = RATIO_MEDIAN_RANGE[0] <= median <= RATIO_MEDIAN_RANGE[1]
     text = str(units or "").strip().lower()
@@ -136,7 +141,7 @@ def relative_b1_from_map(values: np.ndarray, units: str | None) -> tuple[np.ndar
         scale = "ratio"
     else:
         raise QalasInputError(
-            f"the B1 map's values (median of positive voxels {median:.3g}) do not fit its Units "
+            f"the B1 map's values (90th percentile of positive voxels {median:.3g}) do not fit its Units "
             f"{units!r}: a relative B1+ map is about 1 (ratio) or about 100 (percent); fix the "
             "sidecar's Units or the map")
     how = f"{scale} ({'Units' if declared == scale else 'values'})"
