@@ -18,8 +18,8 @@ import numpy as np
 from ..qalas.b1 import kinds
 from ..qalas.errors import QalasInputError
 from ..utils.nifti_io import read_image
+from .b1_pairing import KINDS
 
-_SUFFIX = {"tfl": "TB1TFL", "rfm": "TB1RFM", "afi": "TB1AFI", "dam": "TB1DAM", "tb1map": "TB1map"}
 #: Largest difference (degrees) between the second DAM angle and twice the first.
 DAM_ANGLE_TOLERANCE = 1.0
 
@@ -34,12 +34,12 @@ def _meta(b1_source: Any, role: str) -> dict:
 
 
 def _main_role(b1_source: Any) -> str:
-    return {"tfl": "famp", "rfm": "famp", "afi": "tr1", "dam": "flip1", "tb1map": "map"}[b1_source.kind]
+    return KINDS[b1_source.kind]["required"][0]
 
 
 def _missing(key: str, b1_source: Any, role: str, option: str) -> QalasInputError:
     return QalasInputError(
-        f"the {_SUFFIX[b1_source.kind]} sidecar {_sidecar_name(b1_source.files[role])} has no {key}, "
+        f"the {KINDS[b1_source.kind]['suffix']} sidecar {_sidecar_name(b1_source.files[role])} has no {key}, "
         f"which the {b1_source.kind.upper()} B1 conversion needs: add it to the sidecar or pass {option}")
 
 
@@ -61,7 +61,7 @@ def b1_parameters(b1_source: Any, flip_angle_override: float | None = None,
     option, or inconsistent DAM angles, raise :class:`QalasInputError` naming key and file.
     """
     kind = b1_source.kind
-    out: dict[str, Any] = {"Kind": kind, "Suffix": _SUFFIX[kind]}
+    out: dict[str, Any] = {"Kind": kind, "Suffix": KINDS[kind]["suffix"]}
     if kind == "tb1map":
         return out
     main = _main_role(b1_source)
@@ -73,7 +73,7 @@ def b1_parameters(b1_source: Any, flip_angle_override: float | None = None,
             raise _missing("FlipAngle", b1_source, main, "the B1 map's nominal flip angle with --b1-flip-angle")
         out["NominalFlipAngle"] = angle
         out["NominalFlipAngleFrom"] = f"sidecar {_sidecar_name(b1_source.files[main])}"
-    kinds.check_flip_angle(out["NominalFlipAngle"], f"{_SUFFIX[kind]} map")
+    kinds.check_flip_angle(out["NominalFlipAngle"], f"{KINDS[kind]['suffix']} map")
     if kind == "afi":
         if afi_tr_ratio is not None:
             out["TRRatio"], out["TRRatioFrom"] = float(afi_tr_ratio), "--afi-tr-ratio"
@@ -157,7 +157,7 @@ def relative_b1_native(b1_source: Any, params: dict[str, Any]) -> dict[str, Any]
     filled, invalid = kinds.fill_invalid(rel)
     if low_signal is not None:  # background and partial volume: filled, but not a hole
         invalid = invalid & ~low_signal
-    magnitude_role = {"tfl": "anat", "rfm": "anat", "afi": "tr1", "dam": "flip1"}.get(kind)
+    magnitude_role = KINDS[kind]["magnitude"]
     magnitude = None
     if magnitude_role and magnitude_role in files:
         data, mag_affine = read_b1_array(files[magnitude_role])

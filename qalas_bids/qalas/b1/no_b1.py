@@ -7,8 +7,8 @@ and the report can state them cheaply; the numbers come from
 from __future__ import annotations
 
 #: Fitted-map bias (percent) of a ``--no-b1`` fit (B1 assumed 1) when the true B1 is 0.9
-#: or 1.1: :func:`~qalas_bids.qalas.b1.identifiability.no_b1_bias` (Siemens timing, WM/GM of the digital brain, noiseless),
-#: rounded to 0.1 %. Stated by ``--help``, the sidecars and the report of a ``--no-b1`` run;
+#: or 1.1: :func:`~qalas_bids.qalas.b1.identifiability.no_b1_bias` (Siemens timing, WM/GM
+#: of the digital brain, noiseless), rounded to 0.1 %. Stated by ``--help``, the sidecars and the report of a ``--no-b1`` run;
 #: ``tests/test_b1_kinds.py`` recomputes it. Keys: true B1 -> tissue -> map -> percent.
 NO_B1_BIAS_PER_10_PERCENT = {
     0.9: {"WM": {"T1": 5.9, "T2": 5.0, "PD": -5.2}, "GM": {"T1": 9.8, "T2": 4.6, "PD": -1.8}},
