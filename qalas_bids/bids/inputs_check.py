@@ -230,8 +230,6 @@ def b1_on_qalas_grid(run: Any, reference: Any, head_mask: np.ndarray, flip_angle
     reg_info: dict[str, Any] = {"Method": "header geometry (both affines)"}
     if native["magnitude"] is None:
         reg_info["Note"] = "no magnitude image of the B1 map to register: header geometry used, motion not checked"
-        if registration == "rigid":
-            warnings.append(f"B1 QC: {reg_info['Note']} ({', '.join(Path(p).name for p in b1.files.values())})")
     elif qalas_data is not None:
         # The registration also runs with header placement: it measures the motion for the QC.
         contrast = FIXED_CONTRAST[b1.kind]
