@@ -42,7 +42,7 @@ class RigidResult:
     translation_mm : displacement of the head centre (norm, mm)
     rotation_deg : rotation angle (degrees)
     metric : final Mattes mutual information (lower is better)
-    seconds : wall time
+    seconds : wall time (not in :meth:`summary`: the summary is a cached fit input)
     """
 
     matrix: np.ndarray
@@ -57,7 +57,7 @@ class RigidResult:
         return {"Method": "rigid (Euler3D), Mattes mutual information, SimpleITK",
                 "MotionMM": round(self.translation_mm, 3), "RotationDegrees": round(self.rotation_deg, 3),
                 "MatrixQALASToB1RAS": np.round(self.matrix, 6).tolist(),
-                "Metric": round(self.metric, 5), "Seed": SEED, "WallTimeSeconds": round(self.seconds, 2)}
+                "Metric": round(self.metric, 4), "Seed": SEED}
 
 
 def to_sitk(img: nib.spatialimages.SpatialImage) -> sitk.Image:
@@ -136,6 +136,10 @@ def register_rigid(moving: nib.spatialimages.SpatialImage, fixed: nib.spatialima
         raise QalasInputError(f"rigid B1 registration failed ({exc}); use --b1-registration header") from None
     euler = sitk.Euler3DTransform(sitk.CompositeTransform(final).GetNthTransform(0)) \
         if final.GetName() == "CompositeTransform" else sitk.Euler3DTransform(final)
+    # Rounded (1e-7 rad, 1e-6 mm): the optimiser's last bits vary between runs, and the B1
+    # written for the workflow must be byte-identical for its cached fits to stay valid.
+    euler.SetParameters([round(p, 7) for p in euler.GetParameters()[:3]]
+                        + [round(p, 6) for p in euler.GetParameters()[3:]])
     matrix = _matrix_ras(euler)
     shift, angle = motion_of(matrix, centre_ras)
     return RigidResult(matrix, euler, shift, angle, float(reg.GetMetricValue()), time.perf_counter() - start)
