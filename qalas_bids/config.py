@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .qalas.b1.coregister import DEFAULT_REGISTRATION
 from .qalas.b1.prepare import DEFAULT_MIN_COVERAGE
 
 
@@ -47,6 +48,8 @@ class Settings:
     b1_flip_angle: float | None = None
     b1_min_coverage: float = DEFAULT_MIN_COVERAGE
     relaxed_gates: tuple[str, ...] = ()  # --relax-gate: refusals of these gates become warnings
+    afi_tr_ratio: float | None = None
+    b1_registration: str = DEFAULT_REGISTRATION
     noise_floor_correction: bool = True
     vendor_preset: str | None = None
     seed: int = 0
@@ -110,6 +113,8 @@ class Settings:
             b1_flip_angle=opts.b1_flip_angle,
             b1_min_coverage=getattr(opts, "b1_min_coverage", DEFAULT_MIN_COVERAGE),
             relaxed_gates=tuple(dict.fromkeys(getattr(opts, "relax_gate", None) or ())),
+            afi_tr_ratio=getattr(opts, "afi_tr_ratio", None),
+            b1_registration=getattr(opts, "b1_registration", DEFAULT_REGISTRATION),
             noise_floor_correction=not getattr(opts, "no_noise_floor_correction", False),
             vendor_preset=opts.vendor_preset,
             seed=opts.seed,

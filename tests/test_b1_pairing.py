@@ -56,8 +56,7 @@ def test_anat_without_famp_is_an_error(fake):
     fake.add_qalas()
     files = fake.add_tfl()
     files["famp"].unlink()
-    with pytest.raises(QalasInputError, match="acq-anat_TB1TFL.nii.gz: TurboFLASH magnitude image "
-                                              "without its flip-angle"):
+    with pytest.raises(QalasInputError, match="acq-anat_TB1TFL.nii.gz: TB1TFL map without its famp image"):
         collect_qalas_runs(fake.root)
 
 
@@ -77,19 +76,55 @@ def test_tb1map(fake):
     assert run.b1.as_dict(fake.root)["Files"] == {"map": "bids:raw:sub-01/fmap/sub-01_TB1map.nii.gz"}
 
 
-def test_afi_only_is_a_clear_error(fake):
+def test_afi_is_found_and_paired(fake):
     fake.add_qalas()
-    fake.add_afi()
-    with pytest.raises(QalasInputError, match="acq-tr1_TB1AFI.nii.gz.*does not support yet"):
+    tr1, tr2 = fake.add_afi()
+    (run,) = collect_qalas_runs(fake.root)
+    assert run.b1.kind == "afi" and run.b1.files == {"tr1": str(tr1), "tr2": str(tr2)}
+
+
+def test_unsupported_kind_is_a_clear_error(fake):
+    fake.add_qalas()
+    folder = fake.folder("01", None, "fmap")
+    from test_bids_discovery import write_nifti
+    write_nifti(folder / "sub-01_echo-1_flip-1_TB1EPI.nii.gz", shape=(6, 6, 4))
+    with pytest.raises(QalasInputError, match="TB1EPI.nii.gz.*does not support"):
         collect_qalas_runs(fake.root)
     (run,) = collect_qalas_runs(fake.root, require_b1=False)
     assert run.b1 is None
 
 
-def test_afi_ignored_when_tfl_exists(fake):
-    fake.add_qalas(); fake.add_afi(); fake.add_tfl()
+def test_no_b1_map_lists_the_choices(fake):
+    fake.add_qalas()
+    with pytest.raises(QalasInputError, match=r"choices: \(1\) add a B1\+ map.*TB1AFI.*\(3\) pass --no-b1"):
+        collect_qalas_runs(fake.root)
+
+
+def test_afi_and_tfl_pair_by_the_same_rules(fake):
+    fake.add_qalas(); fake.add_afi(); fake.add_tfl()  # only the TFL has the QALAS ShimSetting
     (run,) = collect_qalas_runs(fake.root)
-    assert run.b1.kind == "tfl"
+    assert run.b1.kind == "tfl" and "same ShimSetting" in run.b1.reason
+
+
+def test_afi_half_is_a_problem(fake):
+    fake.add_qalas()
+    tr1, tr2 = fake.add_afi()
+    tr2.unlink()
+    with pytest.raises(QalasInputError, match="TB1AFI map without its tr2 image"):
+        collect_qalas_runs(fake.root)
+
+
+def test_dam_pair(fake):
+    fake.add_qalas()
+    folder = fake.folder("01", None, "fmap")
+    from test_bids_discovery import write_json, write_nifti
+    paths = []
+    for i in (1, 2):
+        paths.append(write_nifti(folder / f"sub-01_flip-{i}_TB1DAM.nii.gz", shape=(6, 6, 4)))
+        write_json(folder / f"sub-01_flip-{i}_TB1DAM.json", {"FlipAngle": 60 * i})
+    (run,) = collect_qalas_runs(fake.root)
+    assert run.b1.kind == "dam" and run.b1.files == {"flip1": str(paths[0]), "flip2": str(paths[1])}
+    assert run.b1.role_metadata["flip2"]["FlipAngle"] == 120
 
 
 # --------------------------------------------------------------------------- rules

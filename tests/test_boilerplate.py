@@ -14,7 +14,7 @@ def test_citation_files_reflect_settings(tmp_path):
     assert all(p.parent == tmp_path / "logs" for p in paths.values())
     md = paths["md"].read_text()
     for text in (__version__, "cuda:0", "200 epochs", "siemens timing preset", "trained from scratch",
-                 "TurboFLASH B1+ map", "80 degrees", "T1w and FLAIR", "Jun et al.", "Kvernby et al.",
+                 "Siemens TurboFLASH", "80 degrees", "T1w and FLAIR", "Jun et al.", "Kvernby et al.",
                  "Fujita et al."):
         assert text in md, text
     cited = re.findall(r"\[([\d, ]+)\]", md.split("### References")[0])

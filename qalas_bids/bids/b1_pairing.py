@@ -2,12 +2,15 @@
 
 Supported inputs (``fmap/``):
 
-- TurboFLASH (Siemens ``tfl_b1map``, suffix ``TB1TFL``): a magnitude image and a flip-angle
-  image. Roles are read from ``acq-anat``/``acq-famp``, ``acq-<x>anat``/``acq-<x>famp``
-  (e.g. ``acq-b1anat``/``acq-b1famp``) or ``part-mag``/``part-phase``. The famp image is
-  required, the anat image is optional (``files`` then has only ``"famp"``).
-- A ready-made relative B1+ map (suffix ``TB1map``).
-- AFI, DAM, EPI, SRGE, RFM B1 maps are found but not supported yet: a clear error names them.
+- TurboFLASH (Siemens ``tfl_b1map``, suffix ``TB1TFL``) and Siemens ``rf_map`` (``TB1RFM``):
+  a magnitude image and a flip-angle image. Roles are read from ``acq-anat``/``acq-famp``,
+  ``acq-<x>anat``/``acq-<x>famp`` (e.g. ``acq-b1anat``/``acq-b1famp``) or
+  ``part-mag``/``part-phase``. The famp image is required, the anat image is optional
+  (``files`` then has only ``"famp"``).
+- AFI (``TB1AFI``, GE/Philips): ``acq-tr1`` (short TR) and ``acq-tr2`` (long TR), both required.
+- Double angle (``TB1DAM``): ``flip-1`` and ``flip-2`` (angles a and 2a), both required.
+- A ready-made relative B1+ map (suffix ``TB1map``, ratio or percent).
+- EPI, SRGE B1 maps and receive maps are found but not supported: a clear error names them.
 
 Pairing rules, applied in order until one candidate is left (each step is logged and the
 chain is stored in :attr:`B1Source.reason`):
@@ -36,20 +39,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from ..qalas.b1.no_b1 import NO_B1_BIAS_PER_10_PERCENT
 from ..qalas.errors import QalasInputError
 
 LOGGER = logging.getLogger("qalas_bids.bids")
 
-_NO_B1_HINT = "pass --no-b1 to fit with B1 = 1 (T2 and IE will then be biased)"
+_BIAS = NO_B1_BIAS_PER_10_PERCENT[0.9]
+_NO_B1_HINT = (f"pass --no-b1 to fit with B1 = 1 (biased: per 10 % of B1 error WM T1 is off by "
+               f"about {abs(_BIAS['WM']['T1']):.0f} % and GM T1 by about {abs(_BIAS['GM']['T1']):.0f} %, "
+               "see --help)")
+#: The choices a user without a usable B1 map has (listed by every "no B1 map" error).
+NO_B1_CHOICES = (
+    "choices: (1) add a B1+ map to fmap/ (TB1TFL anat+famp, TB1RFM, TB1AFI acq-tr1/acq-tr2, "
+    "TB1DAM flip-1/flip-2, or a relative TB1map in ratio or percent); (2) point an existing map "
+    "at this run with IntendedFor in its sidecar or the --bids-filter-file key \"b1\"; (3) "
+)
 
 
 @dataclass(frozen=True)
 class B1Source:
     """The B1+ input paired with one QALAS run.
 
-    kind : ``"tfl"`` (TurboFLASH anat + famp) or ``"tb1map"`` (ready relative B1 map)
-    files : ``{"anat": path, "famp": path}`` (anat optional) or ``{"map": path}``
-    metadata : sidecar of the famp image (tfl) or of the map (tb1map)
+    kind : a key of :data:`KINDS`: ``"tfl"`` (TurboFLASH anat + famp), ``"rfm"`` (Siemens
+        rf_map anat + famp), ``"afi"`` (tr1 + tr2), ``"dam"`` (flip1 + flip2) or ``"tb1map"``
+        (ready relative B1 map)
+    files : ``{role: path}``, e.g. ``{"anat": path, "famp": path}`` (anat optional) or ``{"map": path}``
+    metadata : sidecar of the main image (famp, tr1, flip1 or the map)
+    role_metadata : sidecar of every image, by role
     reason : why this candidate was chosen (human readable, for logs and sidecars)
     """
 
@@ -57,6 +73,7 @@ class B1Source:
     files: dict[str, str]
     metadata: dict[str, Any] = field(default_factory=dict)
     reason: str = ""
+    role_metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def as_dict(self, bids_dir: str | Path | None = None) -> dict[str, Any]:
         """JSON-friendly summary (for the ``B1Source`` sidecar key); with ``bids_dir`` the
@@ -80,6 +97,7 @@ class B1Candidate:
     run: str | None
     sidecars: list[dict[str, Any]]
     acq_time: float | None = None
+    role_metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -190,8 +208,21 @@ def _shims_equal(a: Any, b: Any) -> bool:
 
 
 # --------------------------------------------------------------------------- discovery
+#: Each supported B1 kind: BIDS suffix, the roles of its images, the roles that must exist
+#: and the role whose image is the map's own magnitude (moving image of the rigid
+#: coregistration; None: the kind has none).
+KINDS: dict[str, dict[str, Any]] = {
+    "tfl": {"suffix": "TB1TFL", "roles": ("anat", "famp"), "required": ("famp",), "magnitude": "anat"},
+    "rfm": {"suffix": "TB1RFM", "roles": ("anat", "famp"), "required": ("famp",), "magnitude": "anat"},
+    "afi": {"suffix": "TB1AFI", "roles": ("tr1", "tr2"), "required": ("tr1", "tr2"), "magnitude": "tr1"},
+    "dam": {"suffix": "TB1DAM", "roles": ("flip1", "flip2"), "required": ("flip1", "flip2"),
+            "magnitude": "flip1"},
+    "tb1map": {"suffix": "TB1map", "roles": ("map",), "required": ("map",), "magnitude": None},
+}
+
+
 def tfl_role(entities: Mapping[str, Any]) -> tuple[str | None, str | None]:
-    """Role (``anat``/``famp``) of a TB1TFL file and its acquisition label without the role."""
+    """Role (``anat``/``famp``) of a TB1TFL/TB1RFM file and its acquisition label without the role."""
     acq = str(entities.get("acquisition") or "")
     part = entities.get("part")
     low = acq.lower()
@@ -205,32 +236,39 @@ def tfl_role(entities: Mapping[str, Any]) -> tuple[str | None, str | None]:
     return None, acq or None
 
 
+def afi_role(entities: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """Role (``tr1`` short TR / ``tr2`` long TR) of a TB1AFI file from ``acq-[<x>]tr1|tr2``."""
+    acq = str(entities.get("acquisition") or "")
+    for role in ("tr1", "tr2"):
+        if acq.lower().endswith(role):
+            return role, acq[: len(acq) - 3] or None
+    return None, acq or None
+
+
+def dam_role(entities: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """Role (``flip1``/``flip2``) of a TB1DAM file from its ``flip`` entity (1 or 2)."""
+    flip = str(entities.get("flip") or "")
+    acq = entities.get("acquisition")
+    return (f"flip{flip}" if flip in ("1", "2") else None), (str(acq) if acq else None)
+
+
+_ROLE_OF = {"tfl": tfl_role, "rfm": tfl_role, "afi": afi_role, "dam": dam_role,
+            "tb1map": lambda ents: ("map", None)}
+_ROLE_HINT = {"tfl": "name it acq-anat/acq-famp or part-mag/part-phase",
+              "rfm": "name it acq-anat/acq-famp or part-mag/part-phase",
+              "afi": "name the short-TR image acq-tr1 and the long-TR one acq-tr2",
+              "dam": "give it the flip-1 (angle a) or flip-2 (angle 2a) entity"}
+
+
 def build_candidates(
-    tfl_files: Sequence[Any], map_files: Sequence[Any], bids_dir: Path, subject: str,
+    files_by_kind: Mapping[str, Sequence[Any]], bids_dir: Path, subject: str,
 ) -> tuple[list[B1Candidate], list[str]]:
-    """Group pybids ``BIDSFile`` objects into complete B1 candidates.
+    """Group pybids ``BIDSFile`` objects (``{kind: files}``, kinds of :data:`KINDS`) into
+    complete B1 candidates.
 
     Returns the candidates and a list of problems (files that could not be used).
     """
     problems: list[str] = []
-    groups: dict[tuple, dict[str, Any]] = {}
-    for bf in tfl_files:
-        ents = bf.get_entities()
-        role, acq_rest = tfl_role(ents)
-        if role is None:
-            problems.append(
-                f"{bf.path}: cannot tell whether this TB1TFL image is the magnitude or the "
-                "flip-angle map (name it acq-anat/acq-famp or part-mag/part-phase)"
-            )
-            continue
-        key = (ents.get("session"), acq_rest, ents.get("reconstruction"), str(ents.get("run") or ""),
-               ents.get("echo"), ents.get("direction"))
-        group = groups.setdefault(key, {})
-        if role in group:
-            problems.append(f"two TB1TFL '{role}' images for one map: {group[role].path} and {bf.path}")
-            continue
-        group[role] = bf
-    candidates = []
     scans_cache: dict[str | None, dict[str, float]] = {}
 
     def acq_time(bf: Any, meta: Mapping[str, Any]) -> float | None:
@@ -242,29 +280,41 @@ def build_candidates(
             seconds = scans_cache[ses].get(Path(bf.path).relative_to(bids_dir).as_posix())
         return seconds
 
-    for key, group in groups.items():
-        if "famp" not in group:
-            problems.append(f"{group['anat'].path}: TurboFLASH magnitude image without its flip-angle "
-                            "(acq-famp) image")
-            continue
-        famp = group["famp"]
-        meta = dict(famp.get_metadata())
-        sidecars = [dict(bf.get_metadata()) for bf in group.values()]
-        ents = famp.get_entities()
-        candidates.append(B1Candidate(
-            kind="tfl", files={role: str(bf.path) for role, bf in sorted(group.items())},
-            metadata=meta, session=ents.get("session"),
-            run=str(ents["run"]) if ents.get("run") is not None else None,
-            sidecars=sidecars, acq_time=acq_time(famp, meta),
-        ))
-    for bf in map_files:
-        meta = dict(bf.get_metadata())
-        ents = bf.get_entities()
-        candidates.append(B1Candidate(
-            kind="tb1map", files={"map": str(bf.path)}, metadata=meta, session=ents.get("session"),
-            run=str(ents["run"]) if ents.get("run") is not None else None,
-            sidecars=[meta], acq_time=acq_time(bf, meta),
-        ))
+    candidates = []
+    for kind, files in files_by_kind.items():
+        spec = KINDS[kind]
+        groups: dict[tuple, dict[str, Any]] = {}
+        for bf in files:
+            ents = bf.get_entities()
+            role, acq_rest = _ROLE_OF[kind](ents)
+            if role is None:
+                problems.append(f"{bf.path}: cannot tell which image of the {spec['suffix']} map this is "
+                                f"({_ROLE_HINT[kind]})")
+                continue
+            key = (ents.get("session"), acq_rest, ents.get("reconstruction"), str(ents.get("run") or ""),
+                   ents.get("echo"), ents.get("direction"), bf.path if kind == "tb1map" else None)
+            group = groups.setdefault(key, {})
+            if role in group:
+                problems.append(f"two {spec['suffix']} '{role}' images for one map: {group[role].path} "
+                                f"and {bf.path}")
+                continue
+            group[role] = bf
+        for group in groups.values():
+            missing = [r for r in spec["required"] if r not in group]
+            if missing:
+                have = ", ".join(Path(bf.path).name for bf in group.values())
+                problems.append(f"{have}: {spec['suffix']} map without its {'/'.join(missing)} image")
+                continue
+            main = group[spec["required"][0]]
+            meta = dict(main.get_metadata())
+            ents = main.get_entities()
+            candidates.append(B1Candidate(
+                kind=kind, files={role: str(bf.path) for role, bf in sorted(group.items())},
+                metadata=meta, session=ents.get("session"),
+                run=str(ents["run"]) if ents.get("run") is not None else None,
+                sidecars=[dict(bf.get_metadata()) for bf in group.values()], acq_time=acq_time(main, meta),
+                role_metadata={role: dict(bf.get_metadata()) for role, bf in group.items()},
+            ))
     return candidates, problems
 
 
@@ -294,7 +344,7 @@ def _no_b1(message: str, require_b1: bool) -> None:
     if require_b1:
         raise QalasInputError(message)
     LOGGER.warning("%s; continuing with B1 = 1 because B1 is not required (--no-b1)",
-                   message.split("; pass --no-b1")[0])
+                   message.split("; choices:")[0].split("; pass --no-b1")[0])
 
 
 def pair_b1(
@@ -322,16 +372,16 @@ def pair_b1(
         if unsupported:
             _no_b1(
                 f"no supported B1+ map for {target.label}: found {', '.join(map(str, unsupported))}, "
-                "a B1 mapping method that qalas-bids does not support yet (only TurboFLASH "
-                "TB1TFL anat+famp and ready-made TB1map are); convert it to a relative B1 map "
+                "a B1 mapping method that qalas-bids does not support (TB1TFL, TB1RFM, TB1AFI, "
+                "TB1DAM and ready-made TB1map are); convert it to a relative B1 map "
                 f"saved as fmap/..._TB1map.nii.gz, or {_NO_B1_HINT}", require_b1)
         elif found:
             _no_b1(f"no usable B1+ map for {target.label}: " + "; ".join(found) + f"; fix the "
                    f"names/IntendedFor, or {_NO_B1_HINT}", require_b1)
         else:
-            _no_b1(f"no B1+ map found for {target.label} (looked for fmap/*_TB1TFL and "
-                   f"fmap/*_TB1map of sub-{target.subject}); add the B1 map or {_NO_B1_HINT}",
-                   require_b1)
+            _no_b1(f"no B1+ map found for {target.label} (looked for fmap/*_TB1TFL, *_TB1RFM, "
+                   f"*_TB1AFI, *_TB1DAM and *_TB1map of sub-{target.subject}); {NO_B1_CHOICES}"
+                   f"{_NO_B1_HINT}", require_b1)
         return None
     if unsupported:
         LOGGER.info("ignoring unsupported B1 map(s) %s: a supported one exists", list(unsupported))
@@ -393,4 +443,4 @@ def pair_b1(
         reason += " (only B1 map of the subject)"
     LOGGER.info("B1 for %s -> %s", target.label, reason)
     return B1Source(kind=chosen.kind, files=dict(chosen.files), metadata=dict(chosen.metadata),
-                    reason=reason)
+                    reason=reason, role_metadata=dict(chosen.role_metadata))

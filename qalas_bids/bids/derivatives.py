@@ -97,6 +97,18 @@ def derivative_path(
     return path
 
 
+def transform_path(entities: Mapping[str, Any], source: str = "B1", target: str = "QALAS") -> str:
+    """Relative path of a run's ITK text transform, e.g.
+    ``sub-01/ses-01/fmap/sub-01_ses-01_run-1_from-B1_to-QALAS_mode-image_xfm.txt``."""
+    ents = {k: str(entities[k]) for k in OUTPUT_ENTITIES if entities.get(k) not in (None, "")}
+    ents.update({"from": source, "to": target, "mode": "image", "suffix": "xfm", "datatype": "fmap",
+                 "extension": ".txt"})
+    path = build_path(ents, load_io_spec()["patterns"], strict=True)
+    if not path:
+        raise ValueError(f"no qalas-bids output pattern for a transform of {dict(entities)}")
+    return path
+
+
 def bids_uri(path: str | Path, bids_dir: str | Path, dataset: str = "raw") -> str:
     """BIDS URI of ``path`` inside ``bids_dir``: ``bids:raw:sub-01/anat/...``."""
     rel = Path(path).absolute().relative_to(Path(bids_dir).absolute())

@@ -392,9 +392,10 @@ def _check_b1_files(b1: B1Source) -> None:
 
 def _b1_inputs(layout: Any, root: Path, subject: str, spec: Mapping[str, Any],
                b1_filters: Mapping[str, Any]) -> tuple[list, list[str], list[str]]:
-    tfl = layout.get(subject=subject, **dict(spec["b1_tfl"], **b1_filters))
-    maps = layout.get(subject=subject, **dict(spec["b1_map"], **b1_filters))
+    files = {kind: layout.get(subject=subject, **dict(spec[f"b1_{query}"], **b1_filters))
+             for kind, query in (("tfl", "tfl"), ("rfm", "rfm"), ("afi", "afi"), ("dam", "dam"),
+                                 ("tb1map", "map"))}
     other = layout.get(subject=subject, **dict(spec["b1_unsupported"], **b1_filters))
-    candidates, problems = build_candidates(tfl, maps, root, subject)
+    candidates, problems = build_candidates(files, root, subject)
     unsupported = [str(Path(bf.path).relative_to(root)) for bf in other]
     return candidates, unsupported, problems

@@ -19,7 +19,9 @@ import numpy as np
 
 from ..qalas.b1.prepare import DEFAULT_MIN_COVERAGE
 from ..qalas.errors import QalasInputError
-from ..utils.nifti_io import map_threads, read_array, read_image
+from ..utils.nifti_io import map_threads, read_array
+from .b1_pairing import KINDS
+from .b1_read import b1_parameters, relative_b1_native
 
 N_CONTRASTS = 5
 #: Largest affine difference (mm) still counted as "the same grid".
@@ -195,83 +197,106 @@ def check_volume_order(run: Any, data4d: np.ndarray, relaxed: Collection[str] = 
     return warnings_
 
 
-def load_b1_image(path: str | Path, scale: float = 1.0) -> nib.Nifti1Image:
-    """Read a B1 image (famp or relative map) fully as float32, times ``scale``.
-
-    Damaged files (truncated gzip, ...) and NaN/Inf voxels raise :class:`QalasInputError`
-    naming the file and the fix.
-    """
-    path = Path(path)
-    try:
-        image = read_image(path)
-        data = np.asanyarray(image.dataobj, dtype=np.float32)
-    except Exception as exc:  # truncated gzip, wrong vox_offset, ...
-        raise QalasInputError(f"the B1 map {path.name} could not be read ({type(exc).__name__}: {exc}); "
-                              "the file is damaged or incomplete - re-copy or re-convert it, or fit "
-                              "without it (--no-b1)") from exc
-    bad = int((~np.isfinite(data)).sum())
-    if bad:
-        raise QalasInputError(f"the B1 map {path.name} contains {bad} NaN/Inf voxel(s): re-convert it, "
-                              "or fit without it (--no-b1)")
-    return nib.Nifti1Image(data * scale if scale != 1.0 else data, image.affine)
-
-
-def b1_source_inputs(b1_source, flip_angle_override: float | None) -> dict:
-    """How to read a :class:`~qalas_bids.bids.B1Source`: file, relative or famp, scale, flip angle.
-
-    TurboFLASH: the famp image and its nominal flip angle (override > famp sidecar
-    ``FlipAngle``). Ready ``TB1map``: relative map (``Units`` percent -> scale 0.01).
-    """
-    meta = dict(b1_source.metadata or {})
-    if b1_source.kind == "tfl":
-        angle = flip_angle_override if flip_angle_override is not None else meta.get("FlipAngle")
-        return {"in_file": b1_source.files["famp"], "relative": False, "flip_angle": float(angle), "scale": 1.0}
-    units = str(meta.get("Units", "")).lower()
-    scale = 0.01 if units in ("percent", "%") else 1.0
-    return {"in_file": b1_source.files["map"], "relative": True, "flip_angle": None, "scale": scale}
+#: QALAS contrast (readout index) each kind's B1 magnitude is registered to, by
+#: measurement (docs/b1.md: RMS error over the head on the 2 mm digital brain): the last,
+#: most recovered contrast for the PD-weighted TFL/RFM anat and long-TR DAM magnitudes
+#: (0.2-0.3 mm), the second for the T1-weighted AFI tr1 image (0.5 mm; contrast 4: 1.2 mm).
+FIXED_CONTRAST = {"tfl": 4, "rfm": 4, "dam": 4, "afi": 1}
 
 
 def b1_on_qalas_grid(run: Any, reference: Any, head_mask: np.ndarray, flip_angle_override: float | None,
-                     min_coverage: float = DEFAULT_MIN_COVERAGE,
-                     relaxed: Collection[str] = (), signal: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
-    """The run's relative B1 on the QALAS grid (float32, 0 outside the head) and its summary.
+                     min_coverage: float = DEFAULT_MIN_COVERAGE, relaxed: Collection[str] = (),
+                     signal: np.ndarray | None = None, *, afi_tr_ratio: float | None = None,
+                     registration: str = "header", qalas_data: np.ndarray | None = None,
+                     ) -> tuple[np.ndarray, dict, Any]:
+    """The run's relative B1 on the QALAS grid (float32, 0 outside the head), its summary
+    and the rigid transform (SimpleITK, None with header geometry).
 
-    Relative B1, resampled with both affines, clipped and checked by
-    :func:`qalas_bids.qalas.b1.prepare.b1_in_qalas_space` where the map has data (the
-    TurboFLASH anat image, when there is one, is its magnitude). Raises
-    :class:`QalasInputError` naming the run and the file when the map would give wrong maps.
+    The map of any kind is converted on its own grid (:mod:`.b1_read`), optionally moved by
+    a rigid registration of its magnitude to the QALAS contrast :data:`FIXED_CONTRAST`
+    (``registration="rigid"``, needs ``qalas_data``), resampled with both affines, clipped
+    and checked by :func:`qalas_bids.qalas.b1.prepare.b1_in_qalas_space` where the map has
+    data (the TurboFLASH anat image, when there is one, is its magnitude) and where the
+    QALAS images have signal (``signal``); ``relaxed`` gates warn instead of refusing. The
+    summary records the kind, the conversion parameters, the registration and the B1 QC;
+    its ``Warnings`` reach every sidecar and the report. Raises :class:`QalasInputError`
+    naming the run and the file when the map would give wrong maps.
     """
+    from ..qalas.b1.coregister import register_rigid, registered_affine
     from ..qalas.b1.prepare import b1_in_qalas_space
+    from ..qalas.b1.quality import motion_warnings, structure_stats, structure_warnings
+    from ..qalas.spaces.resample import resample_b1_to_qalas
 
-    spec = b1_source_inputs(run.b1, flip_angle_override)
-    path = Path(spec["in_file"])
-    load_nifti_header(path)  # broken links and unreadable headers: its own messages
+    b1 = run.b1
+    for path in b1.files.values():
+        load_nifti_header(path)  # broken links and unreadable headers: their own messages
     try:
-        source = load_b1_image(path, spec["scale"])
+        params = b1_parameters(b1, flip_angle_override, afi_tr_ratio)
+        native = relative_b1_native(b1, params)
     except QalasInputError as exc:
         raise QalasInputError(f"{run.label}: {exc}") from None
-    magnitude = _b1_magnitude(run.b1, source)
+    if native["scale"]:
+        params["TB1mapScale"] = native["scale"]
+    warnings: list[str] = []
+    field, invalid = native["b1"], native["invalid"]
+    transform = None
+    reg_info: dict[str, Any] = {"Method": "header geometry (both affines)"}
+    if native["magnitude"] is None:
+        reg_info["Note"] = "no magnitude image of the B1 map to register: header geometry used, motion not checked"
+    elif qalas_data is not None:
+        # The registration also runs with header placement: it measures the motion for the QC.
+        contrast = FIXED_CONTRAST[b1.kind]
+        fixed = nib.Nifti1Image(np.asarray(qalas_data[..., contrast], np.float32), reference.affine)
+        try:
+            result = register_rigid(native["magnitude"], fixed, head_mask)
+        except QalasInputError as exc:
+            if registration == "rigid":
+                raise QalasInputError(f"{run.label}: {exc}") from None
+            result = None
+            reg_info["Note"] = f"motion not measured: {exc}"
+        if result is not None:
+            measured = {**result.summary(), "MovingImage": Path(b1.files[KINDS[b1.kind]["magnitude"]]).name,
+                        "FixedImage": f"QALAS contrast {contrast} (readout order, from 0)"}
+            warnings += motion_warnings(result.translation_mm, result.rotation_deg,
+                                        applied=registration == "rigid")
+            if registration == "rigid":
+                field = nib.Nifti1Image(np.asarray(field.dataobj), registered_affine(field.affine, result))
+                invalid = nib.Nifti1Image(np.asarray(invalid.dataobj), registered_affine(invalid.affine, result))
+                transform, reg_info = result.transform, measured
+            else:
+                reg_info["MeasuredMotion"] = measured
+    if b1.kind == "tfl":  # the gate's hint names the famp nominal angle
+        source = nib.Nifti1Image(np.asarray(field.dataobj) * 10.0 * params["NominalFlipAngle"], field.affine)
+        angle, relative = params["NominalFlipAngle"], False
+    else:
+        source, angle, relative = field, None, True
+    magnitude = _gate_magnitude(b1.kind, native, field)
     try:
-        img, info = b1_in_qalas_space(source, spec["flip_angle"], reference, head_mask=head_mask,
-                                      relative=spec["relative"], min_coverage=min_coverage,
+        img, info = b1_in_qalas_space(source, angle, reference, head_mask=head_mask,
+                                      relative=relative, min_coverage=min_coverage,
                                       magnitude_img=magnitude, signal=signal, relaxed=relaxed)
     except QalasInputError as exc:
-        raise QalasInputError(f"{run.label}: B1 map {path.name}: {exc}") from None
-    return np.asarray(img.dataobj, dtype=np.float32), info
+        names = ", ".join(Path(p).name for p in b1.files.values())
+        raise QalasInputError(f"{run.label}: B1 map {names}: {exc}") from None
+    out = np.asarray(img.dataobj, dtype=np.float32)
+    holes = np.asarray(resample_b1_to_qalas(invalid, reference).dataobj)
+    stats = structure_stats(out, head_mask, tuple(float(z) for z in reference.header.get_zooms()[:3]), holes)
+    warnings += structure_warnings(stats)
+    info = {**info, "Conversion": params, "Registration": reg_info, "QC": stats,
+            "Warnings": list(info.get("Warnings", [])) + warnings}
+    return out, info, transform
 
 
-def _b1_magnitude(b1_source: Any, source: Any) -> Any:
-    """The TurboFLASH anat (magnitude) image on the famp grid, or None (absent, unreadable or
-    on another grid: then only the map's own zeros mark where it has no data)."""
-    path = (b1_source.files or {}).get("anat") if b1_source.kind == "tfl" else None
-    if not path:
+def _gate_magnitude(kind: str, native: dict, field: Any) -> Any:
+    """The TurboFLASH anat (magnitude) image placed like ``field`` (registered or not), or
+    None (other kinds, absent, or on another grid than the famp image: then only the map's
+    own zeros mark where it has no data)."""
+    magnitude, original = native.get("magnitude"), native["b1"]
+    if kind != "tfl" or magnitude is None:
         return None
-    try:
-        image = load_b1_image(path)
-    except QalasInputError:
-        return None
-    same_grid = image.shape[:3] == source.shape[:3] and np.allclose(image.affine, source.affine, atol=AFFINE_ATOL)
-    return image if same_grid else None
+    same_grid = (magnitude.shape[:3] == original.shape[:3]
+                 and np.allclose(magnitude.affine, original.affine, atol=AFFINE_ATOL))
+    return nib.Nifti1Image(np.asarray(magnitude.dataobj), field.affine) if same_grid else None
 
 
 @dataclass
@@ -282,8 +307,10 @@ class RunInputs:
     reference : the first QALAS image (affine and header copied by every output)
     mask : head mask (bool; CSF included), :func:`qalas_bids.qalas.tissue.masking.compute_head_mask`
     b1 : relative B1 (float32, 0 outside the head), None without a B1 map or with ``--no-b1``
-    b1_info : coverage/clipping summary of the B1 map (empty without one)
-    warnings : warnings of the checks (recorded in the sidecars)
+    b1_info : coverage/clipping/conversion/registration/QC summary of the B1 map (empty without one)
+    warnings : warnings of the checks (recorded in the sidecars; the fit adds the no-B1
+        bias statement, :data:`qalas_bids.qalas.fitting.voxel_inputs.NO_B1_WARNING`)
+    b1_transform : the rigid B1 -> QALAS transform (SimpleITK) or None
     """
 
     data: np.ndarray
@@ -292,10 +319,12 @@ class RunInputs:
     b1: np.ndarray | None = None
     b1_info: dict = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    b1_transform: Any = None
 
 
 def check_run_inputs(run: Any, *, use_b1: bool = True, flip_angle_override: float | None = None,
-                     min_coverage: float = DEFAULT_MIN_COVERAGE, relaxed: Collection[str] = ()) -> RunInputs:
+                     min_coverage: float = DEFAULT_MIN_COVERAGE, relaxed: Collection[str] = (),
+                     afi_tr_ratio: float | None = None, b1_registration: str = "header") -> RunInputs:
     """Read one run once and check everything its data can get wrong, before any work.
 
     Unreadable files, NaN/Inf, negative or empty contrasts, volumes out of readout order
@@ -311,17 +340,19 @@ def check_run_inputs(run: Any, *, use_b1: bool = True, flip_angle_override: floa
         order = pool.submit(check_volume_order, run, data4d, relaxed)  # out of readout order: error
         try:
             mask = _head_mask(run, data4d)
-            b1, b1_info = None, {}
+            b1, b1_info, transform = None, {}, None
             if use_b1 and run.b1 is not None:
                 from ..qalas.tissue.masking import signal_mask
 
-                b1, b1_info = b1_on_qalas_grid(run, reference, mask, flip_angle_override, min_coverage, relaxed,
-                                               signal=signal_mask(data4d))
+                b1, b1_info, transform = b1_on_qalas_grid(
+                    run, reference, mask, flip_angle_override, min_coverage, relaxed,
+                    signal=signal_mask(data4d), afi_tr_ratio=afi_tr_ratio,
+                    registration=b1_registration, qalas_data=data4d)
         except QalasInputError:
             order.result()  # volumes out of order explain a failed mask or B1 check: that error first
             raise
         warnings = tuple(order.result())
-    return RunInputs(data4d, reference, mask, b1, b1_info, warnings)
+    return RunInputs(data4d, reference, mask, b1, b1_info, warnings, transform)
 
 
 def _head_mask(run: Any, data4d: np.ndarray) -> np.ndarray:
@@ -341,6 +372,7 @@ class PreparedInputs:
     mask_file: str
     b1_file: str | None = None
     b1_info: dict = field(default_factory=dict)
+    b1_transform_file: str | None = None
 
 
 def write_run_inputs(inputs: RunInputs, folder: str | Path) -> PreparedInputs:
@@ -359,4 +391,11 @@ def write_run_inputs(inputs: RunInputs, folder: str | Path) -> PreparedInputs:
     if inputs.b1 is not None:
         pairs.append((image_like(inputs.b1, inputs.reference), folder / "b1_qalas.nii.gz"))
     paths = write_images(pairs)
-    return PreparedInputs(paths[0], paths[1], paths[2] if inputs.b1 is not None else None, dict(inputs.b1_info))
+    xfm = None
+    if inputs.b1_transform is not None:
+        import SimpleITK as sitk
+
+        xfm = str((folder / "b1_to_qalas_xfm.txt").absolute())
+        sitk.WriteTransform(inputs.b1_transform, xfm)
+    return PreparedInputs(paths[0], paths[1], paths[2] if inputs.b1 is not None else None, dict(inputs.b1_info),
+                          xfm)

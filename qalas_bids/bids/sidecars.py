@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .. import __version__
+from ..qalas.b1.no_b1 import no_b1_bias_text
 
 SSL_REFERENCE = (
     "Jun Y, Cho J, Wang X, et al. SSL-QALAS: Self-Supervised Learning for rapid multiparameter "
@@ -66,7 +67,7 @@ def map_metadata(fit_mode: str, sources: list[str], b1_source: dict | None) -> l
             "EstimationReference": reference,
             "FitMode": fit_mode,
             "SoftwareVersion": __version__,
-            "B1Source": b1_source or "none (B1 = 1 assumed, --no-b1)",
+            "B1Source": b1_source or f"none (--no-b1): {no_b1_bias_text()}",
         })
     return out
 

@@ -56,6 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write derivatives/smriprep (implies --with-t1w): desc-preproc_T1w, "
                              "desc-brain_mask and a known from-T1w_to-MNI152NLin2009cAsym transform, "
                              "for --derivatives smriprep=<bids>/derivatives/smriprep")
+    parser.add_argument("--b1-kind", choices=["tfl", "afi", "dam"], default="tfl",
+                        help="B1 map written: Siemens TurboFLASH TB1TFL (default), AFI TB1AFI "
+                             "(acq-tr1/acq-tr2, 60 deg, TR 20/100 ms, as GE/Philips write it) or "
+                             "double angle TB1DAM (flip-1/flip-2, 60/120 deg, TR 8 s)")
+    parser.add_argument("--b1-field", choices=["default", "asymmetric"], default="default",
+                        help="true B1 field: default (centre-bright, 0.8-1.05) or asymmetric "
+                             "(stronger, 0.7-1.3 over the brain)")
+    parser.add_argument("--b1-motion", nargs=2, type=float, metavar=("DEGREES", "MM"),
+                        help="move the head between QALAS and the B1 map by this rotation and "
+                             "shift (the truth is only in derivatives/groundtruth)")
     parser.add_argument("--overwrite", action="store_true",
                         help="allow writing into a non-empty directory (files are overwritten, "
                              "nothing is deleted)")
@@ -79,7 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             out, subjects=args.subjects, sessions=args.sessions, runs=args.runs,
             resolution=args.resolution, snr=args.snr, seed=args.seed, qalas_layout=args.layout,
             with_b1=not args.no_b1, vendor=args.vendor, anatomy=args.anatomy,
-            with_t1w=args.with_t1w, with_smriprep=args.with_smriprep)
+            with_t1w=args.with_t1w, with_smriprep=args.with_smriprep,
+            b1_kind=args.b1_kind, b1_pattern=args.b1_field,
+            b1_motion=tuple(args.b1_motion) if args.b1_motion else None)
     except QalasInputError as exc:
         print(f"qalas-bids-demo-data: error: {exc}", file=sys.stderr)
         return 2

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from .. import __version__
 from ..bids.derivatives import output_location_problem
+from ..qalas.b1.coregister import DEFAULT_REGISTRATION, REGISTRATION_MODES
+from ..qalas.b1.no_b1 import no_b1_bias_text
 from ..qalas.b1.prepare import DEFAULT_MIN_COVERAGE
 from ..qalas.gates import RELAXABLE_GATES
 from ..qalas.fitting.fit_volume import METHODS as FIT_MODES
@@ -95,10 +97,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", type=v.device_spec, default="auto",
                    help="auto, cpu, cuda or cuda:N; auto falls back to the CPU with an info line")
     g.add_argument("--no-b1", action="store_true",
-                   help="fit without a B1+ map (B1 = 1). Biases T2 and IE: explicit opt-in only")
+                   help="fit without a B1+ map (B1 = 1), explicit opt-in only: the maps are then "
+                        + no_b1_bias_text().replace("%", "%%"))
     g.add_argument("--b1-flip-angle", type=v.flip_angle_deg, metavar="DEG",
-                   help="nominal flip angle of the TurboFLASH B1 map (default: FlipAngle of the "
-                        "famp sidecar; relative B1 = famp / (10 * angle))")
+                   help="nominal flip angle of the B1 map (default: FlipAngle of its sidecar: "
+                        "TB1TFL/TB1RFM famp, TB1AFI tr1, TB1DAM flip-1, the smaller angle); "
+                        "TurboFLASH relative B1 = famp / (10 * angle)")
+    g.add_argument("--afi-tr-ratio", type=v.positive_float, metavar="N",
+                   help="AFI TR2/TR1 (default: from the TB1AFI sidecars' RepetitionTimeExcitation)")
+    g.add_argument("--b1-registration", choices=REGISTRATION_MODES, default=DEFAULT_REGISTRATION,
+                   help="place the B1 map on the QALAS grid by its header geometry only, or by a "
+                        "rigid registration (mutual information, deterministic) of its own magnitude "
+                        "image to QALAS, which corrects head motion between the two scans "
+                        f"(default: {DEFAULT_REGISTRATION}; see docs/b1.md)")
     g.add_argument("--b1-min-coverage", type=v.fraction, metavar="FRACTION", default=DEFAULT_MIN_COVERAGE,
                    help="smallest fraction of the head the B1 map must cover; B1 = 1 is assumed "
                         "outside it (0 accepts any coverage)")
@@ -193,8 +204,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      "never written to; pass -w /somewhere/else")
     if not (bids_dir / "dataset_description.json").is_file():
         parser.error(f"{bids_dir} does not look like a BIDS dataset (no dataset_description.json)")
-    if opts.no_b1 and (opts.b1_flip_angle is not None or opts.b1_min_coverage != DEFAULT_MIN_COVERAGE):
-        parser.error("--b1-flip-angle and --b1-min-coverage make no sense with --no-b1")
+    if opts.no_b1 and (opts.b1_flip_angle is not None or opts.b1_min_coverage != DEFAULT_MIN_COVERAGE
+                       or opts.afi_tr_ratio is not None):
+        parser.error("--b1-flip-angle, --afi-tr-ratio and --b1-min-coverage make no sense with --no-b1")
     if opts.no_b1 and opts.b1_flip_angle is not None:
         parser.error("--b1-flip-angle makes no sense with --no-b1")
     if opts.reports_only and opts.boilerplate_only:

@@ -76,9 +76,13 @@ def load_cohort_scan(run, *, no_b1: bool = False, flip_angle: float | None = Non
     from ..qalas.errors import QalasInputError
     from ..bids.sidecars import raw_sources
 
-    if run.b1 is not None and not no_b1 and run.b1.kind == "tfl" and flip_angle is None \
-            and not run.b1.metadata.get("FlipAngle"):
-        raise QalasInputError(f"{run.label}: the B1 famp sidecar has no FlipAngle: pass --b1-flip-angle")
+    if run.b1 is not None and not no_b1:
+        from ..bids.b1_read import b1_parameters
+
+        try:
+            b1_parameters(run.b1, flip_angle)  # missing FlipAngle etc.: the key and the file
+        except QalasInputError as exc:
+            raise QalasInputError(f"{run.label}: {exc}") from None
     checked = check_run_inputs(run, use_b1=not no_b1, flip_angle_override=flip_angle)
     mask, data = checked.mask, checked.data
     b1 = checked.b1[mask].astype(np.float64) if checked.b1 is not None else None

@@ -198,6 +198,9 @@ def write_demo_dataset(
     anatomy: str = "brain",
     with_t1w: bool = False,
     with_smriprep: bool = False,
+    b1_kind: str = "tfl",
+    b1_pattern: str = "default",
+    b1_motion: tuple[float, float] | None = None,
 ) -> Path:
     """Write the demo BIDS dataset (see the module docstring) and return its root.
 
@@ -207,6 +210,11 @@ def write_demo_dataset(
     (:func:`qalas_bids.demo.anatomical.write_moved_t1w`) and its true motion;
     ``with_smriprep`` (implies ``with_t1w``) adds ``derivatives/smriprep`` with a known
     T1w -> MNI152NLin2009cAsym transform (:func:`~qalas_bids.demo.anatomical.write_smriprep_like`).
+    ``b1_kind``: ``"tfl"`` (Siemens TurboFLASH, default), ``"afi"`` (``acq-tr1``/``acq-tr2``
+    ``TB1AFI``, :data:`AFI_PROTOCOL`) or ``"dam"`` (``flip-1``/``flip-2`` ``TB1DAM``,
+    :data:`DAM_PROTOCOL`). ``b1_pattern``: the B1 field (``"asymmetric"``: 0.7-1.3).
+    ``b1_motion``: ``(rotation degrees, shift mm)`` of the head between QALAS and the B1
+    map (:func:`motion_matrix`; recorded only in the ground truth's simulation JSON).
     ``sessions``/``runs`` empty or ``None`` omit the ``ses``/``run`` entity. Existing files
     with the same names are overwritten; nothing else in ``out_dir`` is touched.
     """
@@ -226,6 +234,9 @@ def write_demo_dataset(
     if key is None:
         raise QalasInputError(f"unknown vendor {vendor!r}: choose siemens, ge or philips")
     timing = get_preset(key)
+    if b1_kind not in ("tfl", "afi", "dam"):
+        raise QalasInputError(f"b1_kind must be tfl, afi or dam, got {b1_kind!r}")
+    motion = motion_matrix(*b1_motion) if b1_motion is not None else None
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -254,7 +265,8 @@ def write_demo_dataset(
                 noise_seed = int(np.random.SeedSequence([seed, si, ei, ri]).generate_state(1)[0])
                 brain = make_digital_brain(resolution=resolution, snr=snr, seed=noise_seed,
                                            timing=timing, b1_scale=b1_scale,
-                                           anatomy_seed=anatomy_seed, anatomy=anatomy)
+                                           anatomy_seed=anatomy_seed, anatomy=anatomy,
+                                           b1_pattern=b1_pattern)
                 affine = brain.affine.copy()
                 affine[:3, 3] += shift
                 prefix = _entities_prefix(sub, ses, run)
@@ -266,11 +278,12 @@ def write_demo_dataset(
                                          shim, acq_time, series, resolution, out)
                 if with_b1:
                     fmap_dir = out / _rel_dir(sub, ses, "fmap")
-                    _write_tb1tfl(fmap_dir, (sub, ses, run), brain, affine, shift, resolution, key, shim,
-                                  b1_time, series + 5, qalas_rel, noise_seed)
+                    _write_b1(fmap_dir, (sub, ses, run), brain, affine, shift, resolution, key, shim,
+                              b1_time, series + 5, qalas_rel, noise_seed, kind=b1_kind, motion=motion)
                 series += 10
                 _write_ground_truth(gt_root, sub, ses, prefix, brain, affine, with_b1,
-                                    noise_seed, anatomy_seed, b1_scale, shift, qalas_layout)
+                                    noise_seed, anatomy_seed, b1_scale, shift, qalas_layout,
+                                    b1_kind=b1_kind, b1_pattern=b1_pattern, motion=motion)
                 if (with_t1w or with_smriprep) and ri == 0:
                     from .anatomical import write_moved_t1w, write_smriprep_like
 
@@ -334,46 +347,123 @@ def _write_qalas(anat_dir: Path, prefix: str, brain: DigitalBrain, affine: np.nd
     return [p.relative_to(root).as_posix() for p in written]
 
 
-def _write_tb1tfl(fmap_dir: Path, entities: tuple, brain: DigitalBrain, affine: np.ndarray,
-                  shift: np.ndarray, resolution: float, vendor: str, shim: list[int],
-                  acq_time: str, series: int, qalas_rel: list[str], noise_seed: int) -> None:
+def motion_matrix(rotation_deg: float, shift_mm: float) -> np.ndarray:
+    """4x4 RAS rigid motion of the head between QALAS and the B1 map (QALAS world -> B1
+    world): a rotation of ``rotation_deg`` about the axis (1, 2, 2)/3 through the origin and
+    a shift of ``shift_mm`` along (2, -2, 1)/3."""
+    axis = np.array([1.0, 2.0, 2.0]) / 3.0
+    angle = math.radians(rotation_deg)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    matrix = np.eye(4)
+    matrix[:3, :3] = np.eye(3) + math.sin(angle) * k + (1 - math.cos(angle)) * k @ k
+    matrix[:3, 3] = shift_mm * np.array([2.0, -2.0, 1.0]) / 3.0
+    return matrix
+
+
+#: AFI protocol of the demo (GE/Philips-like): nominal angle (deg), TR1, TR2 (s).
+AFI_PROTOCOL = (60.0, 0.020, 0.100)
+#: Double-angle protocol of the demo: angle a (deg; the second image uses 2a) and TR (s).
+DAM_PROTOCOL = (60.0, 8.0)
+
+
+def _afi_signals(pd: np.ndarray, t1: np.ndarray, b1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Steady-state AFI magnitudes (Yarnykh 2007, Eq. 2) of the two interleaved TRs."""
+    angle, tr1, tr2 = AFI_PROTOCOL
+    alpha = np.radians(angle) * b1
+    e1, e2 = np.exp(-tr1 / t1), np.exp(-tr2 / t1)
+    c = np.cos(alpha)
+    den = 1.0 - e1 * e2 * c * c
+    s1 = pd * np.sin(alpha) * (1.0 - e2 + (1.0 - e1) * e2 * c) / den
+    s2 = pd * np.sin(alpha) * (1.0 - e1 + (1.0 - e2) * e1 * c) / den
+    return s1, s2
+
+
+def _dam_signals(pd: np.ndarray, t1: np.ndarray, b1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Spoiled gradient-echo magnitudes at angles a and 2a (steady state, TR of DAM_PROTOCOL)."""
+    angle, tr = DAM_PROTOCOL
+    e1 = np.exp(-tr / t1)
+    out = []
+    for factor in (1.0, 2.0):
+        alpha = np.radians(angle * factor) * b1
+        out.append(pd * np.abs(np.sin(alpha)) * (1.0 - e1) / (1.0 - e1 * np.cos(alpha)))
+    return out[0], out[1]
+
+
+def _write_b1(fmap_dir: Path, entities: tuple, brain: DigitalBrain, affine: np.ndarray,
+              shift: np.ndarray, resolution: float, vendor: str, shim: list[int],
+              acq_time: str, series: int, qalas_rel: list[str], noise_seed: int,
+              kind: str = "tfl", motion: np.ndarray | None = None) -> None:
+    """Write the B1 map of one run (``kind`` tfl, afi or dam). ``motion`` (4x4, QALAS world ->
+    B1 world) moves the head - magnitude and field together - before the B1 acquisition."""
     shape, b1_affine = b1_grid(brain.shape, affine, resolution)
     rng = np.random.default_rng([noise_seed, 2])
+    # Where the B1 map's voxels see the head: the B1 grid placed back in QALAS world.
+    sample_affine = b1_affine if motion is None else np.linalg.inv(motion) @ b1_affine
+
+    def on_b1_grid(volume: np.ndarray) -> np.ndarray:
+        img = resample_from_to(nib.Nifti1Image(volume.astype(np.float32), affine), (shape, sample_affine), order=1)
+        return np.asarray(img.dataobj)
+
     # Head support on the B1 grid (world-consistent resampling of the tissue fraction).
     total = sum(brain.tissue_fractions.values())
-    support_img = resample_from_to(nib.Nifti1Image(total.astype(np.float32), affine),
-                                   (shape, b1_affine), order=1)
-    support = np.asarray(support_img.dataobj) > 0.05
-    support = ndimage.binary_dilation(support, iterations=2)
-    world = _voxel_world(shape, b1_affine)
+    support = ndimage.binary_dilation(on_b1_grid(total) > 0.05, iterations=2)
+    world = _voxel_world(shape, sample_affine)
     b1 = brain.b1_at(world - shift)
-    famp = np.where(support, b1 * 10.0 * B1_NOMINAL_FLIP_ANGLE,
-                    np.abs(rng.normal(0, 150.0, shape)))
-    pd_img = resample_from_to(nib.Nifti1Image((brain.pd * 1000).astype(np.float32), affine),
-                              (shape, b1_affine), order=1)
-    magnitude = np.hypot(np.asarray(pd_img.dataobj) + rng.normal(0, 10, shape),
-                         rng.normal(0, 10, shape))
     intended = [f"bids::{p}" for p in qalas_rel]
     common = _common_sidecar(vendor, shim, acq_time, series)
-    common.update({"SeriesDescription": "B1map", "ProtocolName": "tfl_b1map",
-                   "PulseSequenceDetails": "tfl_b1map", "MRAcquisitionType": "2D",
-                   "PulseSequenceType": "TurboFLASH B1 map", "SequenceName": "*tfl2d1",
-                   "EchoTime": 0.00182, "RepetitionTime": 5.0,
+    if kind == "tfl":
+        famp = np.where(support, b1 * 10.0 * B1_NOMINAL_FLIP_ANGLE,
+                        np.abs(rng.normal(0, 150.0, shape)))
+        magnitude = np.hypot(on_b1_grid(brain.pd * 1000) + rng.normal(0, 10, shape),
+                             rng.normal(0, 10, shape))
+        common.update({"SeriesDescription": "B1map", "ProtocolName": "tfl_b1map",
+                       "PulseSequenceDetails": "tfl_b1map", "MRAcquisitionType": "2D",
+                       "PulseSequenceType": "TurboFLASH B1 map", "SequenceName": "*tfl2d1",
+                       "EchoTime": 0.00182, "RepetitionTime": 5.0, "IntendedFor": intended})
+        anat_prefix = _entities_prefix(*entities, acq="anat")
+        famp_prefix = _entities_prefix(*entities, acq="famp")
+        _save_nifti(fmap_dir / f"{anat_prefix}_TB1TFL.nii.gz", magnitude, b1_affine, np.int16)
+        _json_dump(fmap_dir / f"{anat_prefix}_TB1TFL.json",
+                   {**common, "FlipAngle": 8, "ImageType": ["ORIGINAL", "PRIMARY", "M", "ND"]})
+        _save_nifti(fmap_dir / f"{famp_prefix}_TB1TFL.nii.gz", famp, b1_affine, np.int16)
+        _json_dump(fmap_dir / f"{famp_prefix}_TB1TFL.json",
+                   {**common, "SeriesNumber": series + 1, "FlipAngle": B1_NOMINAL_FLIP_ANGLE,
+                    "ImageType": ["ORIGINAL", "PRIMARY", "FLIP ANGLE MAP", "ND"]})
+        return
+    pd = on_b1_grid(brain.pd)
+    t1 = np.maximum(on_b1_grid(np.where(brain.pd > 0, brain.t1, 1.0)), 0.05)
+    signals = _afi_signals(pd, t1, b1) if kind == "afi" else _dam_signals(pd, t1, b1)
+    brain_signal = signals[0][pd > 0.5 * pd.max()]
+    sigma = 0.01 * float(np.median(brain_signal))  # SNR 100 in the first image's brain
+    gain = 8000.0 / float(max(np.max(signals[0]), np.max(signals[1])))  # int16 with room
+    images = [gain * np.hypot(s + rng.normal(0, sigma, shape), rng.normal(0, sigma, shape)) for s in signals]
+    common.update({"MRAcquisitionType": "3D", "ScanningSequence": "GR", "SequenceVariant": "SP",
+                   "EchoTime": 0.0022, "ImageType": ["ORIGINAL", "PRIMARY", "M", "ND"],
                    "IntendedFor": intended})
-    anat_prefix = _entities_prefix(*entities, acq="anat")
-    famp_prefix = _entities_prefix(*entities, acq="famp")
-    _save_nifti(fmap_dir / f"{anat_prefix}_TB1TFL.nii.gz", magnitude, b1_affine, np.int16)
-    _json_dump(fmap_dir / f"{anat_prefix}_TB1TFL.json",
-               {**common, "FlipAngle": 8, "ImageType": ["ORIGINAL", "PRIMARY", "M", "ND"]})
-    _save_nifti(fmap_dir / f"{famp_prefix}_TB1TFL.nii.gz", famp, b1_affine, np.int16)
-    _json_dump(fmap_dir / f"{famp_prefix}_TB1TFL.json",
-               {**common, "SeriesNumber": series + 1, "FlipAngle": B1_NOMINAL_FLIP_ANGLE,
-                "ImageType": ["ORIGINAL", "PRIMARY", "FLIP ANGLE MAP", "ND"]})
+    if kind == "afi":
+        angle, tr1, tr2 = AFI_PROTOCOL
+        common.update({"SeriesDescription": "B1map AFI", "ProtocolName": "B1map_AFI",
+                       "PulseSequenceType": "Actual Flip Angle Imaging", "FlipAngle": angle,
+                       "RepetitionTime": tr1 + tr2})
+        for i, (tr, image) in enumerate(zip((tr1, tr2), images), start=1):
+            prefix = _entities_prefix(*entities, acq=f"tr{i}")
+            _save_nifti(fmap_dir / f"{prefix}_TB1AFI.nii.gz", image, b1_affine, np.int16)
+            _json_dump(fmap_dir / f"{prefix}_TB1AFI.json", {**common, "RepetitionTimeExcitation": tr})
+        return
+    angle, tr = DAM_PROTOCOL
+    common.update({"SeriesDescription": "B1map DAM", "ProtocolName": "B1map_double_angle",
+                   "PulseSequenceType": "Double angle B1 map", "RepetitionTime": tr})
+    for i, image in enumerate(images, start=1):
+        prefix = _entities_prefix(*entities)
+        _save_nifti(fmap_dir / f"{prefix}_flip-{i}_TB1DAM.nii.gz", image, b1_affine, np.int16)
+        _json_dump(fmap_dir / f"{prefix}_flip-{i}_TB1DAM.json",
+                   {**common, "SeriesNumber": series + i - 1, "FlipAngle": angle * i})
 
 
 def _write_ground_truth(gt_root: Path, sub: str, ses: str | None, prefix: str, brain: DigitalBrain,
                         affine: np.ndarray, with_b1: bool, noise_seed: int, anatomy_seed: int,
-                        b1_scale: float, shift: np.ndarray, layout: str) -> None:
+                        b1_scale: float, shift: np.ndarray, layout: str, *, b1_kind: str = "tfl",
+                        b1_pattern: str = "default", motion: np.ndarray | None = None) -> None:
     anat = gt_root / _rel_dir(sub, ses, "anat")
     maps = {"T1map": (brain.t1, "s"), "T2map": (brain.t2, "s"),
             "PDmap": (brain.pd * GAIN, "arbitrary"), "IEmap": (brain.ie, "arbitrary")}
@@ -412,4 +502,7 @@ def _write_ground_truth(gt_root: Path, sub: str, ses: str | None, prefix: str, b
         "TrueB1": b1_rel,
         "Anatomy": brain.anatomy,
         "Labels": {str(v): k for k, v in ALL_LABELS.items()},
+        **({} if b1_kind == "tfl" else {"B1Kind": b1_kind}),
+        **({} if b1_pattern == "default" else {"B1Pattern": b1_pattern}),
+        **({} if motion is None else {"B1HeadMotionQALASToB1RAS": np.round(motion, 6).tolist()}),
     })

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from ..config import Settings
+from ..qalas.b1.no_b1 import no_b1_bias_text
 from .errors import UsageError
 
 
@@ -32,12 +33,15 @@ def check_device(settings: Settings) -> Settings:
 
 
 def check_flip_angle_known(settings: Settings, run) -> None:
-    """A TurboFLASH famp map needs its nominal flip angle (sidecar or --b1-flip-angle)."""
-    if run.b1.kind == "tfl" and settings.b1_flip_angle is None and not run.b1.metadata.get("FlipAngle"):
-        raise UsageError(
-            f"{run.label}: the B1 famp sidecar ({Path(run.b1.files['famp']).name}) has no "
-            "FlipAngle: pass the B1 map's nominal flip angle with --b1-flip-angle "
-            "(Siemens tfl_b1map default: 80)")
+    """The B1 map's conversion needs its sidecar keys (FlipAngle, AFI RepetitionTimeExcitation)
+    or the options that replace them: exit 2 naming the key and the file before any work."""
+    from ..bids.b1_read import b1_parameters
+    from ..qalas.errors import QalasInputError
+
+    try:
+        b1_parameters(run.b1, settings.b1_flip_angle, settings.afi_tr_ratio)
+    except QalasInputError as exc:
+        raise UsageError(f"{run.label}: {exc}") from None
 
 
 def discover_runs(settings: Settings) -> list:
@@ -66,7 +70,7 @@ def discover_runs(settings: Settings) -> list:
                 LOGGER.warning("%s: a B1 map exists (%s) but --no-b1 was given: fitting with B1 = 1",
                                run.label, run.b1.reason)
             else:
-                LOGGER.warning("%s: no B1 map (--no-b1): T2 and IE will be biased", run.label)
+                LOGGER.warning("%s: no B1 map (--no-b1): %s", run.label, no_b1_bias_text())
     if settings.fit_mode in ("pretrained", "fine-tune"):
         from ..qalas.fitting.pretrained import default_model_path
 
@@ -115,15 +119,33 @@ def prepare_inputs(settings: Settings, runs: list) -> list:
     def prepare(index: int):
         run = runs[index]
         checked = check_run_inputs(run, use_b1=not settings.no_b1, flip_angle_override=settings.b1_flip_angle,
-                                   min_coverage=settings.b1_min_coverage, relaxed=settings.relaxed_gates)
+                                   min_coverage=settings.b1_min_coverage, relaxed=settings.relaxed_gates,
+                                   afi_tr_ratio=settings.afi_tr_ratio,
+                                   b1_registration=settings.b1_registration)
         return write_run_inputs(checked, folder / run.label), checked.warnings
 
     prepared = []
     for run, (files, warnings) in zip(runs, fork_map(prepare, len(runs), settings.nprocs)):  # runs side by side
         for warning in warnings:
             LOGGER.warning("%s: %s", run.label, warning)
+        if files.b1_transform_file:
+            files = _publish_b1_transform(settings, run, files)
         prepared.append(dataclasses.replace(run, warnings=run.warnings + warnings, prepared=files))
     return prepared
+
+
+def _publish_b1_transform(settings: Settings, run, files):
+    """Copy the rigid B1 -> QALAS ITK transform into the derivatives (``fmap/..._xfm.txt``)
+    and record its path in the B1 summary that every sidecar carries."""
+    from ..bids.derivatives import atomic_write_text, check_output_dir, transform_path
+
+    rel = transform_path(run.entities)
+    check_output_dir(settings.output_dir, settings.bids_dir)
+    atomic_write_text(Path(settings.output_dir) / rel, Path(files.b1_transform_file).read_text())
+    info = dict(files.b1_info)
+    info["Registration"] = {**info.get("Registration", {}), "TransformFile": rel,
+                            "TransformConvention": "ITK (LPS): maps QALAS points to B1 map points"}
+    return dataclasses.replace(files, b1_info=info)
 
 
 def lock_work_dirs(settings: Settings, runs: list, stack) -> None:

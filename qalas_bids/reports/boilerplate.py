@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .. import __version__
+from ..qalas.b1.no_b1 import no_b1_bias_text
 
 MODE_TEXT = {
     "scan-specific": "trained from scratch on each scan (scan-specific self-supervised training)",
@@ -91,15 +92,18 @@ def methods_markdown(settings: Mapping[str, Any], runs: Sequence[Mapping[str, An
     parts.append(f"Computations ran on {_fmt_list(devices)}.")
     b1_sources = _unique([str(r.get("B1Source")) for r in runs if r.get("B1Source")])
     if settings.get("no_b1") or (runs and not b1_sources):
-        parts.append("No B1+ map was used (B1 = 1 assumed everywhere); T2 and IE are biased where the "
-                     "transmit field departs from nominal.")
+        parts.append(f"No B1+ map was used: {no_b1_bias_text()}.")
     else:
         fa = settings.get("b1_flip_angle")
+        kinds = _unique([str(r["B1Source"].get("Kind")) for r in runs if isinstance(r.get("B1Source"), dict)])
+        method = "; ".join(B1_METHOD_TEXT.get(k, k) for k in kinds) or B1_METHOD_TEXT["tfl"]
+        rigid = settings.get("b1_registration", "rigid") == "rigid"
         parts.append(
-            "The TurboFLASH B1+ map (flip-angle map divided by ten times the nominal flip angle"
-            + (f", {fa} degrees" if fa else "") + ") was resampled into the QALAS grid using both "
-            "image affines (world coordinates, linear interpolation), clipped to [0.65, 1.35] and "
-            "used as the known relative transmit field of each voxel.")
+            f"The B1+ map ({method}" + (f"; nominal flip angle {fa} degrees" if fa else "") + ") was "
+            + ("rigidly registered to QALAS through its own magnitude image (SimpleITK, Euler3D, Mattes "
+               "mutual information, fixed seed), then " if rigid else "")
+            + "resampled into the QALAS grid (world coordinates, linear interpolation), clipped to "
+            "[0.65, 1.35] and used as the known relative transmit field of each voxel.")
     floor = ("Before fitting, the Rician noise floor was removed from the magnitudes (sqrt(M^2 - 2 "
              "sigma^2), sigma from the image background). " if settings.get("noise_floor_correction", True)
              else "The magnitudes were fitted without noise-floor correction. ")
@@ -186,6 +190,17 @@ def markdown_to_html(markdown: str) -> str:
     if in_list:
         out.append("</ol>")
     return "\n".join(out)
+
+
+#: How each B1 map kind gives relative B1 (boilerplate wording).
+B1_METHOD_TEXT = {
+    "tfl": "Siemens TurboFLASH: flip-angle map divided by ten times the nominal flip angle",
+    "rfm": "Siemens rf_map: (famp - 2048) 180 / 2048 divided by the nominal flip angle",
+    "afi": "actual flip-angle imaging, Yarnykh 2007: arccos((r n - 1)/(n - r)) with r = S2/S1, "
+           "n = TR2/TR1, divided by the nominal flip angle",
+    "dam": "double angle: arccos(S(2a) / (2 S(a))) / a",
+    "tb1map": "a precomputed relative B1+ map",
+}
 
 
 def runs_from_derivatives(output_dir: str | Path) -> list[dict[str, Any]]:

@@ -139,6 +139,26 @@ def b1_registration(path: str | Path, background: nib.Nifti1Image, b1_qalas: nib
     return _save(fig, Path(path))
 
 
+def b1_motion_overlay(path: str | Path, background: nib.Nifti1Image, magnitude: nib.Nifti1Image,
+                      matrix: Sequence[Sequence[float]]) -> Path:
+    """Outline of the B1 map's magnitude over QALAS, at its header position (before) and
+    after the rigid registration (``matrix``: 4x4 RAS, QALAS world -> B1 world)."""
+    from nilearn import plotting
+
+    data = np.asarray(magnitude.dataobj, dtype=np.float32)
+    level = float(np.percentile(data, 99)) * 0.25
+    placed = {"B1 magnitude at its header position (before registration)": magnitude.affine,
+              "after rigid registration": np.linalg.inv(np.asarray(matrix, dtype=float)) @ magnitude.affine}
+    fig = Figure(figsize=(9, 5.2))
+    FigureCanvasAgg(fig)
+    for i, (title, affine) in enumerate(placed.items()):
+        ax = fig.add_subplot(2, 1, i + 1)
+        display = plotting.plot_anat(background, axes=ax, display_mode="ortho", title=title,
+                                     annotate=False, draw_cross=False, dim=-0.5, colorbar=False)
+        display.add_contours(nib.Nifti1Image(data, affine), levels=[level], colors="r", linewidths=0.8)
+    return _save(fig, Path(path))
+
+
 def axial_cuts(mask: nib.Nifti1Image, n: int = 6) -> list[float]:
     """World z (mm) of ``n`` axial slices spread over the mask (:func:`slice_indices`), for
     nilearn's ``cut_coords`` (so it does not search the image for them)."""

@@ -21,6 +21,7 @@ import numpy as np
 
 from .. import __version__
 from ..bids.derivatives import atomic_write_text, derivative_path
+from ..qalas.b1.no_b1 import no_b1_bias_text
 from ..qalas.errors import QalasInputError
 from ..qalas.tissue.classes import LABELS
 from ..utils.nifti_io import read_image
@@ -72,6 +73,18 @@ def _raw_b1(run: RunDerivatives, bids_dir: Path | None) -> nib.Nifti1Image | Non
         rel = str(uri).split(":", 2)[-1]
         if ("famp" in rel or "TB1map" in rel) and (bids_dir / rel).is_file():
             return read_image(bids_dir / rel)
+    return None
+
+
+def _raw_b1_magnitude(run: RunDerivatives, bids_dir: Path | None) -> nib.Nifti1Image | None:
+    """The B1 map's own magnitude image (TFL/RFM anat, AFI tr1, DAM flip-1) from the raw data."""
+    if bids_dir is None or run.b1 is None:
+        return None
+    files = ((read_sidecar(run.b1).get("B1Source") or {}).get("Files") or {})
+    for role in ("anat", "tr1", "flip1"):
+        if role in files:
+            path = bids_dir / str(files[role]).split(":", 2)[-1]
+            return read_image(path) if path.is_file() else None
     return None
 
 
@@ -218,9 +231,16 @@ def _mask_and_b1_html(out_dir: Path, loaded: LoadedRun, bids_dir: Path | None,
         note = "" if raw is not None else ("<p class='note'>Raw B1 map not reachable (pass the BIDS directory) "
                                            "- only the resampled map is shown.</p>")
         parts.append("<h3>B1+ map (registration check)</h3>" + _img(out_dir, fig, "B1 over QALAS") + note)
+        registration = (read_sidecar(run.b1).get("B1Summary") or {}).get("Registration") or {}
+        magnitude = _raw_b1_magnitude(run, bids_dir)
+        if registration.get("MatrixQALASToB1RAS") and magnitude is not None:
+            fig = batch.add(figures.b1_motion_overlay, _figure_path(out_dir, run, "b1motion", "TB1map"), background,
+                            magnitude, registration["MatrixQALASToB1RAS"])
+            parts.append(f"<h3>B1+ map coregistration (moved {registration.get('MotionMM', 0):.1f} mm, "
+                         f"{registration.get('RotationDegrees', 0):.1f} deg)</h3>"
+                         + _img(out_dir, fig, "B1 magnitude outline before and after registration"))
     else:
-        parts.append("<h3>B1+ map</h3><div class='warn'>No B1+ map was used: the fit assumed B1 = 1; "
-                     "T2 and IE are biased where the transmit field is not nominal.</div>")
+        parts.append(f"<h3>B1+ map</h3><div class='warn'>No B1+ map was used: {_e(no_b1_bias_text())}</div>")
     return parts
 
 

@@ -71,7 +71,10 @@ def init_datasink_wf(*, run, settings, contrasts: bool = True, b1: bool = True,
             metadata=[{"Units": "1", "Description": "relative B1+ (actual/nominal flip angle) "
                        "resampled into QALAS space, clipped to [0.65, 1.35], 0 outside the head",
                        "Sources": b1_sources, "B1Source": b1_summary, "SkullStripped": False,
-                       "SoftwareVersion": settings.version}],
+                       "SoftwareVersion": settings.version,
+                       **({"B1Summary": dict(run.prepared.b1_info),
+                           "Warnings": list(run.prepared.b1_info.get("Warnings", []))}
+                          if getattr(run, "prepared", None) is not None and run.prepared.b1_info else {})}],
         ), name="ds_b1", run_without_submitting=True)
         workflow.connect([
             (inputnode, ds_b1, [("b1", "in_files")]),

@@ -5,10 +5,12 @@ from typing import Any
 
 import numpy as np
 
+from ..b1.no_b1 import no_b1_bias_text
 from ..errors import QalasInputError
 from ..physics.signal_model import N_CONTRASTS
 
-NO_B1_WARNING = "no B1 map: fitting with B1 = 1; T2 and IE will be biased where B1 != 1"
+#: Sidecar/report warning of a fit without a B1 map (the expected bias per 10 % of B1 error).
+NO_B1_WARNING = no_b1_bias_text()
 
 
 def validate_voxels(magnitudes: Any, b1: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:

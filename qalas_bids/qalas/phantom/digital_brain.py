@@ -33,7 +33,9 @@ B1+
     with ``r`` the ellipsoidal distance from the brain centre normalised by the brain's
     semi-axes (1.05 in the centre, 0.8 at the brain surface), floored at 0.6 outside.
     :meth:`DigitalBrain.b1_at` evaluates it at any world coordinate (used to write B1
-    maps on other grids).
+    maps on other grids). ``b1_pattern="asymmetric"`` gives instead a stronger, left-right
+    and anterior-posterior asymmetric field spanning 0.7-1.3 over the brain
+    (:func:`make_asymmetric_b1_field`).
 
 Signals and noise
     Magnitudes from :func:`qalas_bids.qalas.physics.signal_model.qalas_magnitude` (float64).
@@ -71,6 +73,8 @@ ALL_TISSUE_PARAMETERS = {**TISSUE_PARAMETERS, **HEAD_TISSUE_PARAMETERS}
 ALL_LABELS = {**TISSUE_LABELS, **HEAD_LABELS}
 #: Anatomies of :func:`make_digital_brain`.
 ANATOMIES = ("brain", "head")
+#: B1 field patterns of :func:`make_digital_brain`.
+B1_PATTERNS = ("default", "asymmetric")
 #: Relative amplitude of the smooth spatial variation of T1/T2/PD/IE.
 SPATIAL_VARIATION = 0.03
 #: Smoothing (mm, Gaussian sigma) of the random spatial-variation fields.
@@ -249,6 +253,22 @@ def make_b1_field(centre_mm: np.ndarray, semi_axes_mm: np.ndarray,
     return b1
 
 
+def make_asymmetric_b1_field(centre_mm: np.ndarray, semi_axes_mm: np.ndarray,
+                             b1_scale: float = 1.0) -> Callable[[np.ndarray], np.ndarray]:
+    """Strong asymmetric B1 field: ``b1_scale * (1 + 0.3 tanh(u))`` with ``u`` a smooth
+    function of the normalised position (left-right and anterior-posterior gradients, a
+    centre brightening), so the brain spans about 0.7-1.3 with every 0.1 band populated."""
+    centre = np.asarray(centre_mm, dtype=float)
+    axes = np.asarray(semi_axes_mm, dtype=float)
+
+    def b1(world_xyz: np.ndarray) -> np.ndarray:
+        x, y, z = np.moveaxis((np.asarray(world_xyz, dtype=float) - centre) / axes, -1, 0)
+        u = 1.4 * x + 0.7 * y - 0.4 * z + 0.9 * (0.55 - (x * x + y * y + z * z))
+        return b1_scale * (1.0 + 0.3 * np.tanh(u))
+
+    return b1
+
+
 def _world_grid(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
     """World (mm) coordinates ``(X, Y, Z, 3)`` of every voxel of a grid."""
     grid = np.ogrid[tuple(slice(0, n) for n in shape)]
@@ -270,6 +290,7 @@ def make_digital_brain(
     anatomy: str = "brain",
     receive_amplitude: float = 0.0,
     z_slab: tuple[float, float] | None = None,
+    b1_pattern: str = "default",
     b1_field_factory: Callable[[np.ndarray, np.ndarray], Callable[[np.ndarray], np.ndarray]] | None = None,
 ) -> DigitalBrain:
     """Simulate a 3D-QALAS acquisition of the digital brain (see the module docstring).
@@ -292,9 +313,13 @@ def make_digital_brain(
         the fitted PD is ``pd * receive`` (``DigitalBrain.receive``)
     z_slab : world z range (mm, MNI152) of an axial slab to simulate instead of the whole
         brain (small volumes for tests; the brain centre/axes of the B1 field are then the slab's)
+    b1_pattern : ``"default"`` (centre-bright, 0.8-1.05) or ``"asymmetric"`` (0.7-1.3,
+        :func:`make_asymmetric_b1_field`)
     b1_field_factory : ``factory(centre_mm, semi_axes_mm) -> field(world_xyz)`` of another
-        B1 field (default :func:`make_b1_field` with ``b1_scale``)
+        B1 field (default: the ``b1_pattern`` field with ``b1_scale``)
     """
+    if b1_pattern not in B1_PATTERNS:
+        raise QalasInputError(f"b1_pattern must be one of {B1_PATTERNS}, got {b1_pattern!r}")
     if not (0.0 <= receive_amplitude < 0.5):
         raise QalasInputError(f"receive_amplitude must be in [0, 0.5), got {receive_amplitude!r}")
     if anatomy not in ANATOMIES:
@@ -323,7 +348,9 @@ def make_digital_brain(
     brain_idx = np.argwhere(brain_mask)
     corners = nib.affines.apply_affine(affine, np.array([brain_idx.min(0), brain_idx.max(0)]))
     lo, hi = corners.min(0), corners.max(0)
-    b1_field = (b1_field_factory or functools.partial(make_b1_field, b1_scale=b1_scale))((lo + hi) / 2, (hi - lo) / 2)
+    default_field = make_asymmetric_b1_field if b1_pattern == "asymmetric" else make_b1_field
+    make_field = b1_field_factory or functools.partial(default_field, b1_scale=b1_scale)
+    b1_field = make_field((lo + hi) / 2, (hi - lo) / 2)
     b1 = b1_field(world)
 
     noiseless = np.zeros(shape + (5,), dtype=np.float64)

@@ -1,0 +1,150 @@
+"""Rigid coregistration of a B1+ map to QALAS through the B1 map's own magnitude image.
+
+The head may move between the B1 acquisition and QALAS; header geometry alone then puts
+the field in the wrong place. :func:`register_rigid` registers the B1 magnitude (TFL
+``acq-anat``, AFI ``tr1``, DAM first angle) to a QALAS contrast with SimpleITK: Euler3D
+(6 parameters), Mattes mutual information, regular sampling with a fixed seed, one
+thread, two resolution levels, starting from the header alignment - the same images give
+the same transform. :func:`registered_affine` applies the result to the B1 field's affine,
+so the field is then resampled on the QALAS grid with the usual header resampling.
+
+World coordinates: nibabel affines are RAS, ITK is LPS; the result is given in RAS (mm).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import QalasInputError
+
+#: Seed of the metric's sampling (fixed: the registration is deterministic).
+SEED = 20240917
+#: Fraction of fixed-image voxels sampled by the metric, per level.
+SAMPLING_FRACTION = 0.25
+_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: ``--b1-registration`` choices and the default (chosen by measurement: docs/b1.md).
+REGISTRATION_MODES = ("header", "rigid")
+DEFAULT_REGISTRATION = "rigid"
+
+
+@dataclass(frozen=True)
+class RigidResult:
+    """A rigid B1 -> QALAS registration.
+
+    matrix : 4x4 RAS (mm) map from QALAS world points to B1 world points (ITK's
+        fixed -> moving convention)
+    transform : the same as a SimpleITK ``Euler3DTransform`` (LPS), for writing
+    translation_mm : displacement of the head centre (norm, mm)
+    rotation_deg : rotation angle (degrees)
+    metric : final Mattes mutual information (lower is better)
+    seconds : wall time (not in :meth:`summary`: the summary is a cached fit input)
+    """
+
+    matrix: np.ndarray
+    transform: sitk.Transform
+    translation_mm: float
+    rotation_deg: float
+    metric: float
+    seconds: float
+
+    def summary(self) -> dict:
+        """JSON-friendly record for the sidecars (mm, degrees, seconds)."""
+        return {"Method": "rigid (Euler3D), Mattes mutual information, SimpleITK",
+                "MotionMM": round(self.translation_mm, 3), "RotationDegrees": round(self.rotation_deg, 3),
+                "MatrixQALASToB1RAS": np.round(self.matrix, 6).tolist(),
+                "Metric": round(self.metric, 4), "Seed": SEED}
+
+
+def to_sitk(img: nib.spatialimages.SpatialImage) -> sitk.Image:
+    """A 3D nibabel image as a float32 SimpleITK image with the same world geometry."""
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise QalasInputError(f"registration needs a 3D image, got shape {data.shape}")
+    lps = _LPS @ img.affine
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    direction = lps[:3, :3] / spacing
+    if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
+        raise QalasInputError("the B1 or QALAS image has a sheared affine: rigid registration "
+                              "cannot use it (use --b1-registration header)")
+    out = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)))
+    out.SetSpacing([float(s) for s in spacing])
+    out.SetOrigin([float(o) for o in lps[:3, 3]])
+    out.SetDirection([float(d) for d in direction.ravel()])
+    return out
+
+
+def _matrix_ras(transform: sitk.Euler3DTransform) -> np.ndarray:
+    rot = np.array(transform.GetMatrix()).reshape(3, 3)
+    centre, shift = np.array(transform.GetCenter()), np.array(transform.GetTranslation())
+    lps = np.eye(4)
+    lps[:3, :3] = rot
+    lps[:3, 3] = centre + shift - rot @ centre
+    return _LPS @ lps @ _LPS
+
+
+def motion_of(matrix: np.ndarray, centre_ras: np.ndarray) -> tuple[float, float]:
+    """(displacement of ``centre_ras`` in mm, rotation angle in degrees) of a 4x4 rigid map."""
+    moved = matrix[:3, :3] @ centre_ras + matrix[:3, 3]
+    cos_angle = np.clip((np.trace(matrix[:3, :3]) - 1.0) / 2.0, -1.0, 1.0)
+    return float(np.linalg.norm(moved - centre_ras)), float(math.degrees(math.acos(cos_angle)))
+
+
+def register_rigid(moving: nib.spatialimages.SpatialImage, fixed: nib.spatialimages.SpatialImage,
+                   fixed_mask: np.ndarray | None = None, *, iterations: int = 100) -> RigidResult:
+    """Register the B1 magnitude ``moving`` to the QALAS contrast ``fixed`` (rigid, MI).
+
+    ``fixed_mask`` (bool, the fixed grid; e.g. the head mask) limits the metric to the
+    head. Starts from the header alignment (identity, rotation centre at the fixed
+    image's mask centre). Returns a :class:`RigidResult`; a failed optimisation raises
+    :class:`QalasInputError` (use ``--b1-registration header``).
+    """
+    start = time.perf_counter()
+    fixed_s, moving_s = to_sitk(fixed), to_sitk(moving)
+    region = fixed_mask.astype(bool) if fixed_mask is not None else np.ones(fixed.shape[:3], bool)
+    if not region.any():
+        raise QalasInputError("rigid B1 registration needs a non-empty head mask")
+    centre_ras = nib.affines.apply_affine(fixed.affine, np.argwhere(region).mean(0))
+    initial = sitk.Euler3DTransform()
+    initial.SetCenter([float(c) for c in (_LPS[:3, :3] @ centre_ras)])
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetNumberOfThreads(1)  # deterministic: the metric's sums do not depend on threading
+    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    reg.SetMetricSamplingStrategy(reg.REGULAR)
+    reg.SetMetricSamplingPercentage(SAMPLING_FRACTION, SEED)
+    if fixed_mask is not None:
+        mask_img = to_sitk(nib.Nifti1Image(region.astype(np.float32), fixed.affine))
+        reg.SetMetricFixedMask(sitk.Cast(mask_img > 0.5, sitk.sitkUInt8))
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-3,
+                                                 numberOfIterations=iterations,
+                                                 gradientMagnitudeTolerance=1e-6)
+    reg.SetOptimizerScalesFromPhysicalShift()
+    reg.SetShrinkFactorsPerLevel([4, 2, 1])
+    reg.SetSmoothingSigmasPerLevel([4.0, 2.0, 0.0])
+    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    reg.SetInitialTransform(initial, inPlace=False)
+    try:
+        final = reg.Execute(fixed_s, moving_s)
+    except RuntimeError as exc:
+        raise QalasInputError(f"rigid B1 registration failed ({exc}); use --b1-registration header") from None
+    euler = sitk.Euler3DTransform(sitk.CompositeTransform(final).GetNthTransform(0)) \
+        if final.GetName() == "CompositeTransform" else sitk.Euler3DTransform(final)
+    # Rounded (1e-7 rad, 1e-6 mm): the optimiser's last bits vary between runs, and the B1
+    # written for the workflow must be byte-identical for its cached fits to stay valid.
+    euler.SetParameters([round(p, 7) for p in euler.GetParameters()[:3]]
+                        + [round(p, 6) for p in euler.GetParameters()[3:]])
+    matrix = _matrix_ras(euler)
+    shift, angle = motion_of(matrix, centre_ras)
+    return RigidResult(matrix, euler, shift, angle, float(reg.GetMetricValue()), time.perf_counter() - start)
+
+
+def registered_affine(b1_affine: np.ndarray, result: RigidResult) -> np.ndarray:
+    """Affine placing the B1 image in QALAS world coordinates: ``inv(matrix) @ affine``."""
+    return np.linalg.inv(result.matrix) @ np.asarray(b1_affine, dtype=float)
