@@ -222,8 +222,8 @@ def b1_on_qalas_grid(run: Any, reference: Any, head_mask: np.ndarray, flip_angle
     its ``Warnings`` reach every sidecar and the report. Raises :class:`QalasInputError`
     naming the run and the file when the map would give wrong maps.
     """
-    from ..qalas.b1.coregister import register_rigid, registered_affine
-    from ..qalas.b1.prepare import b1_in_qalas_space
+    from ..qalas.b1.coregister import register_rigid, registered_affine, too_thin_to_register
+    from ..qalas.b1.prepare import b1_in_qalas_space, judged_region, supported_on_grid
     from ..qalas.b1.quality import motion_warnings, structure_stats, structure_warnings
     from ..qalas.spaces.resample import resample_b1_to_qalas
 
@@ -243,6 +243,8 @@ def b1_on_qalas_grid(run: Any, reference: Any, head_mask: np.ndarray, flip_angle
     reg_info: dict[str, Any] = {"Method": "header geometry (both affines)"}
     if native["magnitude"] is None:
         reg_info["Note"] = "no magnitude image of the B1 map to register: header geometry used, motion not checked"
+    elif qalas_data is not None and too_thin_to_register(qalas_data.shape, reference.header.get_zooms()):
+        reg_info["Note"] = too_thin_to_register(qalas_data.shape, reference.header.get_zooms())
     elif qalas_data is not None:
         # The registration also runs with header placement: it measures the motion for the QC.
         contrast = FIXED_CONTRAST[b1.kind]
@@ -280,7 +282,12 @@ def b1_on_qalas_grid(run: Any, reference: Any, head_mask: np.ndarray, flip_angle
         raise QalasInputError(f"{run.label}: B1 map {names}: {exc}") from None
     out = np.asarray(img.dataobj, dtype=np.float32)
     holes = np.asarray(resample_b1_to_qalas(invalid, reference).dataobj)
-    stats = structure_stats(out, head_mask, tuple(float(z) for z in reference.header.get_zooms()[:3]), holes)
+    zooms = tuple(float(z) for z in reference.header.get_zooms()[:3])
+    # the region the B1 gates judge: brain, where the map has data and QALAS has signal
+    region = judged_region(head_mask, zooms) & supported_on_grid(source, magnitude, reference)[1]
+    if signal is not None:
+        region &= np.asarray(signal, bool)
+    stats = structure_stats(out, region, zooms, holes)
     warnings += structure_warnings(stats)
     info = {**info, "Conversion": params, "Registration": reg_info, "QC": stats,
             "Warnings": list(info.get("Warnings", [])) + warnings}

@@ -30,6 +30,19 @@ _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 #: ``--b1-registration`` choices and the default (chosen by measurement: docs/b1.md).
 REGISTRATION_MODES = ("header", "rigid")
 DEFAULT_REGISTRATION = "rigid"
+#: Smallest QALAS field of view (mm, every axis) a rigid registration is trusted on: on a
+#: thin slab the through-plane rotations are not determined (measured on the stress corpus,
+#: 7-20 mm slabs: 4-21 mm of false motion), so the map keeps its header placement there.
+MIN_EXTENT_MM = 60.0
+
+
+def too_thin_to_register(shape: tuple[int, ...], zooms: tuple[float, ...]) -> str | None:
+    """Why a QALAS grid of ``shape``/``zooms`` (mm) is too thin for a rigid registration, or None."""
+    extent = [float(n) * float(z) for n, z in zip(shape[:3], zooms[:3])]
+    if min(extent) >= MIN_EXTENT_MM:
+        return None
+    return (f"the QALAS field of view is {min(extent):.0f} mm thick (at least {MIN_EXTENT_MM:.0f} mm in "
+            "every direction are needed to determine a rigid motion): header geometry used, motion not checked")
 
 
 @dataclass(frozen=True)

@@ -201,6 +201,17 @@ def check_b1_plausibility(info: dict, *, min_coverage: float = DEFAULT_MIN_COVER
     return records, warnings_
 
 
+def supported_on_grid(b1_img: nib.spatialimages.SpatialImage,
+                      magnitude_img: nib.spatialimages.SpatialImage | None,
+                      qalas_img: nib.spatialimages.SpatialImage) -> tuple[np.ndarray, np.ndarray]:
+    """Where a B1 map has data (:func:`data_support`): on its own grid, and on the QALAS grid
+    (every B1 voxel the interpolation uses has data)."""
+    magnitude = _squeeze(magnitude_img) if magnitude_img is not None else None
+    support = data_support(_squeeze(b1_img), magnitude)
+    support_img = nib.Nifti1Image(support.astype(np.float32), b1_img.affine)
+    return support, np.asarray(resample_b1_to_qalas(support_img, qalas_img).dataobj) >= SUPPORT_LEVEL
+
+
 def b1_in_qalas_space(famp_img: nib.spatialimages.SpatialImage, flip_angle_deg: float,
                       qalas_img: nib.spatialimages.SpatialImage,
                       head_mask: np.ndarray | None = None,
@@ -230,10 +241,7 @@ def b1_in_qalas_space(famp_img: nib.spatialimages.SpatialImage, flip_angle_deg: 
     rel_img = nib.Nifti1Image(rel, famp_img.affine)
     resampled = np.asarray(resample_b1_to_qalas(rel_img, qalas_img).dataobj)
     covered = field_of_view_mask(rel_img, qalas_img)
-    magnitude = _squeeze(magnitude_img) if magnitude_img is not None else None
-    support = data_support(data, magnitude)
-    support_img = nib.Nifti1Image(support.astype(np.float32), famp_img.affine)
-    supported = np.asarray(resample_b1_to_qalas(support_img, qalas_img).dataobj) >= SUPPORT_LEVEL
+    support, supported = supported_on_grid(famp_img, magnitude_img, qalas_img)
     rough_img = nib.Nifti1Image(roughness_map(rel, support, famp_img.header.get_zooms()), famp_img.affine)
     rough = np.asarray(resample_b1_to_qalas(rough_img, qalas_img).dataobj)
     head = head_mask.astype(bool) if head_mask is not None else np.ones(covered.shape, bool)
