@@ -68,13 +68,15 @@ def _masked(image: sitk.Image, mask: sitk.Image | None) -> sitk.Image:
 def register_rigid(fixed: sitk.Image, moving: sitk.Image, *, seed: int = 0,
                    fixed_mask: sitk.Image | None = None, moving_mask: sitk.Image | None = None,
                    sampling: float = 0.1, iterations: int = 300,
-                   base_shrink: int | None = None, finest_mm: float = 2.0) -> RegistrationResult:
+                   base_shrink: int | None = None, finest_mm: float = 3.0) -> RegistrationResult:
     """Rigid (Euler 3D) registration by Mattes mutual information, multi-resolution.
 
     Starts from the images' centres of mass (moments), then shrinks ``4, 2, 1`` with
     smoothing ``2, 1, 0`` mm (HBCD's QALAS/B1 coregistration settings, seeded); the finest
     level samples the fixed image at about ``finest_mm`` (``base_shrink`` overrides), which
-    keeps a 1 mm T1w fast and stays well below a voxel in error (tests, docs/spaces.md).
+    keeps a 1 mm T1w fast and stays well below a voxel in error (1 mm digital head moved
+    16 deg / 16 mm, 2 threads: finest 3 mm 7.4 s, 0.017 mm RMS; finest 2 mm 48.7 s, 0.020 mm;
+    docs/spaces.md).
     """
     if base_shrink is None:
         base_shrink = max(1, int(round(finest_mm / min(fixed.GetSpacing()))))
