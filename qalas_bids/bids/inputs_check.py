@@ -243,8 +243,8 @@ def b1_on_qalas_grid(run: Any, reference: Any, head_mask: np.ndarray, flip_angle
     reg_info: dict[str, Any] = {"Method": "header geometry (both affines)"}
     if native["magnitude"] is None:
         reg_info["Note"] = "no magnitude image of the B1 map to register: header geometry used, motion not checked"
-    elif qalas_data is not None and too_thin_to_register(qalas_data.shape, reference.header.get_zooms()):
-        reg_info["Note"] = too_thin_to_register(qalas_data.shape, reference.header.get_zooms())
+    elif qalas_data is not None and (thin := too_thin_to_register(qalas_data.shape, reference.header.get_zooms())):
+        reg_info["Note"] = thin
     elif qalas_data is not None:
         # The registration also runs with header placement: it measures the motion for the QC.
         contrast = FIXED_CONTRAST[b1.kind]
