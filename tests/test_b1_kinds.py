@@ -159,6 +159,15 @@ def test_registration_recovers_a_random_rigid_motion(seed):
     assert motion_warnings(result.translation_mm, result.rotation_deg)  # > 2 mm / 2 deg
 
 
+def test_thin_qalas_slab_is_not_registered():
+    from qalas_bids.qalas.b1.coregister import MIN_EXTENT_MM, too_thin_to_register
+
+    assert too_thin_to_register((90, 108, 90), (2.0, 2.0, 2.0)) is None  # whole head
+    reason = too_thin_to_register((90, 108, 10), (2.0, 2.0, 2.0))  # a 20 mm slab
+    assert reason and "20 mm thick" in reason and "header geometry" in reason
+    assert too_thin_to_register((64, 64, 30), (1.0, 1.0, MIN_EXTENT_MM / 30)) is None
+
+
 def test_quality_flags():
     assert motion_warnings(1.0, 1.0) == []
     shape = (30, 30, 30)
