@@ -295,6 +295,33 @@ case "$bad_out" in *Traceback*) fail "missing participant: traceback printed" ;;
 grep -qi "99" <<<"$bad_out" || fail "missing participant: the message does not name the label: $bad_out"
 log "usage error: $(printf '%s' "$bad_out" | tail -n 1)"
 
+# ------------------------------------- template space, offline (--network none)
+# The whole 2 mm demo head (not the slab: a template registration needs the head), no
+# network at all: MNI152NLin2009cAsym must come from the templates shipped in the package.
+DATA3="$WORK/data-head"; OUT3="$WORK/out-spaces"; mkdir -p "$OUT3"; chown "$RUN_UID:$RUN_GID" "$OUT3"
+demo_py -c "from qalas_bids.cli.demo_data import main; main()" \
+    "$DATA3" --resolution 2 --snr 60 --seed 0 > "$WORK/demo3.log" 2>&1 \
+    || { cat "$WORK/demo3.log" >&2; die "qalas-bids-demo-data failed (head for the spaces run)"; }
+rm -rf "$DATA3/derivatives"
+chmod -R a+rX "$DATA3"
+T0=$SECONDS
+set +e
+podman run --rm --network none -u "$RUN_UID:$RUN_GID" -v "$DATA3:/data:ro" -v "$OUT3:/out" "$IMAGE" \
+    /data /out participant --fit-mode pretrained --nprocs 2 --omp-nthreads 1 -w /out/work \
+    --output-spaces MNI152NLin2009cAsym:res-2 > "$WORK/run-spaces.log" 2>&1
+spaces_rc=$?
+set -e
+T_SPACES=$((SECONDS - T0))
+if [ "$spaces_rc" -ne 0 ]; then
+    tail -n 60 "$WORK/run-spaces.log" >&2
+    fail "template-space run without network exited $spaces_rc (log above)"
+fi
+for suffix in T1map T2map PDmap IEmap; do
+    [ -s "$OUT3/sub-01/ses-01/anat/${prefix}_space-MNI152NLin2009cAsym_res-2_${suffix}.nii.gz" ] \
+        || fail "template-space run: missing ${prefix}_space-MNI152NLin2009cAsym_res-2_${suffix}.nii.gz"
+done
+log "template space without network: ${T_SPACES}s"
+
 # ------------------------------------------------------ OCI archive (Apptainer)
 T0=$SECONDS
 ARCHIVE="$WORK/qalas-bids.oci.tar"
@@ -311,7 +338,7 @@ rm -f "$ARCHIVE"
 podman images --filter "reference=$IMAGE" >&2
 log "base image: ${T_BASE}s ($base_note)"
 log "build time: ${T_BUILD}s"
-log "run time:   ${T_RUN}s (participant, --fit-mode pretrained)"
+log "run time:   ${T_RUN}s (participant, --fit-mode pretrained); template space offline: ${T_SPACES:-?}s"
 log "image size: $((IMAGE_SIZE / 1000000)) MB ($IMAGE:latest, $IMAGE:$VERSION)"
 log "total:      $((SECONDS - T_START))s"
 if [ "${#failures[@]}" -gt 0 ]; then
