@@ -21,6 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import QalasInputError
+from ..spaces.registration import to_sitk as array_to_sitk
 
 #: Seed of the metric's sampling (fixed: the registration is deterministic).
 SEED = 20240917
@@ -80,17 +81,11 @@ def to_sitk(img: nib.spatialimages.SpatialImage) -> sitk.Image:
         data = data[..., 0]
     if data.ndim != 3:
         raise QalasInputError(f"registration needs a 3D image, got shape {data.shape}")
-    lps = _LPS @ img.affine
-    spacing = np.linalg.norm(lps[:3, :3], axis=0)
-    direction = lps[:3, :3] / spacing
+    direction = img.affine[:3, :3] / np.linalg.norm(img.affine[:3, :3], axis=0)
     if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
         raise QalasInputError("the B1 or QALAS image has a sheared affine: rigid registration "
                               "cannot use it (use --b1-registration header)")
-    out = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)))
-    out.SetSpacing([float(s) for s in spacing])
-    out.SetOrigin([float(o) for o in lps[:3, 3]])
-    out.SetDirection([float(d) for d in direction.ravel()])
-    return out
+    return array_to_sitk(data, img.affine)
 
 
 def _matrix_ras(transform: sitk.Euler3DTransform) -> np.ndarray:
