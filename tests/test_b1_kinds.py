@@ -7,6 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from scipy import ndimage
+from scipy.spatial.transform import Rotation
 
 from qalas_bids.bids.b1_pairing import B1Source
 from qalas_bids.bids.b1_read import b1_parameters
@@ -120,9 +121,7 @@ def test_dam_angles_must_double():
 
 def _rotation(axis, degrees):
     axis = np.asarray(axis, float) / np.linalg.norm(axis)
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    a = np.radians(degrees)
-    return np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * k @ k
+    return Rotation.from_rotvec(np.radians(degrees) * axis).as_matrix()
 
 
 def _head(shape=(44, 52, 40), voxel=3.0):

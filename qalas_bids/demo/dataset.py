@@ -40,6 +40,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.processing import resample_from_to
 from scipy import ndimage
+from scipy.spatial.transform import Rotation
 
 from ..utils.nifti_io import write_image
 from ..qalas.errors import QalasInputError
@@ -352,10 +353,8 @@ def motion_matrix(rotation_deg: float, shift_mm: float) -> np.ndarray:
     world): a rotation of ``rotation_deg`` about the axis (1, 2, 2)/3 through the origin and
     a shift of ``shift_mm`` along (2, -2, 1)/3."""
     axis = np.array([1.0, 2.0, 2.0]) / 3.0
-    angle = math.radians(rotation_deg)
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
     matrix = np.eye(4)
-    matrix[:3, :3] = np.eye(3) + math.sin(angle) * k + (1 - math.cos(angle)) * k @ k
+    matrix[:3, :3] = Rotation.from_rotvec(math.radians(rotation_deg) * axis).as_matrix()
     matrix[:3, 3] = shift_mm * np.array([2.0, -2.0, 1.0]) / 3.0
     return matrix
 

@@ -46,6 +46,7 @@ from typing import Any, Callable
 
 import nibabel as nib
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from ..bids.b1_pairing import B1Source
 from ..bids.discovery import QalasRun
@@ -182,9 +183,7 @@ def b1_field_factory(case: StressCase) -> Callable[[np.ndarray, np.ndarray], Cal
 
 def _rotation(axis: np.ndarray, degrees: float) -> np.ndarray:
     axis = np.asarray(axis, float) / np.linalg.norm(axis)
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    a = math.radians(degrees)
-    return np.eye(3) + math.sin(a) * k + (1 - math.cos(a)) * k @ k
+    return Rotation.from_rotvec(math.radians(degrees) * axis).as_matrix()
 
 
 def b1_grid(case: StressCase, brain: DigitalBrain) -> tuple[tuple[int, int, int], np.ndarray]:
