@@ -215,7 +215,7 @@ def b1_on_qalas_grid(run: Any, reference: Any, head_mask: np.ndarray, flip_angle
     The map of any kind is converted on its own grid (:mod:`.b1_read`), optionally moved by
     a rigid registration of its magnitude to the QALAS contrast :data:`FIXED_CONTRAST`
     (``registration="rigid"``, needs ``qalas_data``), resampled with both affines, clipped
-    and checked by :func:`qalas_bids.qalas.b1.prepare.b1_in_qalas_space` where the map has
+    and checked by :func:`qalas_bids.qalas.b1.prepare.judged_b1_in_qalas_space` where the map has
     data (the TurboFLASH anat image, when there is one, is its magnitude) and where the
     QALAS images have signal (``signal``); ``relaxed`` gates warn instead of refusing. The
     summary records the kind, the conversion parameters, the registration and the B1 QC;
@@ -223,7 +223,7 @@ def b1_on_qalas_grid(run: Any, reference: Any, head_mask: np.ndarray, flip_angle
     naming the run and the file when the map would give wrong maps.
     """
     from ..qalas.b1.coregister import register_rigid, registered_affine, too_thin_to_register
-    from ..qalas.b1.prepare import b1_in_qalas_space, judged_region, supported_on_grid
+    from ..qalas.b1.prepare import judged_b1_in_qalas_space
     from ..qalas.b1.quality import motion_warnings, structure_stats, structure_warnings
     from ..qalas.spaces.resample import resample_b1_to_qalas
 
@@ -274,20 +274,16 @@ def b1_on_qalas_grid(run: Any, reference: Any, head_mask: np.ndarray, flip_angle
         source, angle, relative = field, None, True
     magnitude = _gate_magnitude(b1.kind, native, field)
     try:
-        img, info = b1_in_qalas_space(source, angle, reference, head_mask=head_mask,
-                                      relative=relative, min_coverage=min_coverage,
-                                      magnitude_img=magnitude, signal=signal, relaxed=relaxed)
+        img, info, judged = judged_b1_in_qalas_space(source, angle, reference, head_mask=head_mask,
+                                                     relative=relative, min_coverage=min_coverage,
+                                                     magnitude_img=magnitude, signal=signal, relaxed=relaxed)
     except QalasInputError as exc:
         names = ", ".join(Path(p).name for p in b1.files.values())
         raise QalasInputError(f"{run.label}: B1 map {names}: {exc}") from None
     out = np.asarray(img.dataobj, dtype=np.float32)
     holes = np.asarray(resample_b1_to_qalas(invalid, reference).dataobj)
     zooms = tuple(float(z) for z in reference.header.get_zooms()[:3])
-    # the region the B1 gates judge: brain, where the map has data and QALAS has signal
-    region = judged_region(head_mask, zooms) & supported_on_grid(source, magnitude, reference)[1]
-    if signal is not None:
-        region &= np.asarray(signal, bool)
-    stats = structure_stats(out, region, zooms, holes)
+    stats = structure_stats(out, judged, zooms, holes)  # where the B1 gates judge the map
     warnings += structure_warnings(stats)
     info = {**info, "Conversion": params, "Registration": reg_info, "QC": stats,
             "Warnings": list(info.get("Warnings", [])) + warnings}

@@ -212,14 +212,20 @@ def supported_on_grid(b1_img: nib.spatialimages.SpatialImage,
     return support, np.asarray(resample_b1_to_qalas(support_img, qalas_img).dataobj) >= SUPPORT_LEVEL
 
 
-def b1_in_qalas_space(famp_img: nib.spatialimages.SpatialImage, flip_angle_deg: float,
-                      qalas_img: nib.spatialimages.SpatialImage,
-                      head_mask: np.ndarray | None = None,
-                      relative: bool = False,
-                      min_coverage: float = DEFAULT_MIN_COVERAGE, *,
-                      magnitude_img: nib.spatialimages.SpatialImage | None = None,
-                      signal: np.ndarray | None = None,
-                      relaxed: Collection[str] = ()) -> tuple[nib.Nifti1Image, dict]:
+def b1_in_qalas_space(*args, **kwargs) -> tuple[nib.Nifti1Image, dict]:
+    """:func:`judged_b1_in_qalas_space` without the judged mask: the image and its summary."""
+    img, info, _ = judged_b1_in_qalas_space(*args, **kwargs)
+    return img, info
+
+
+def judged_b1_in_qalas_space(famp_img: nib.spatialimages.SpatialImage, flip_angle_deg: float,
+                             qalas_img: nib.spatialimages.SpatialImage,
+                             head_mask: np.ndarray | None = None,
+                             relative: bool = False,
+                             min_coverage: float = DEFAULT_MIN_COVERAGE, *,
+                             magnitude_img: nib.spatialimages.SpatialImage | None = None,
+                             signal: np.ndarray | None = None,
+                             relaxed: Collection[str] = ()) -> tuple[nib.Nifti1Image, dict, np.ndarray]:
     """Full B1 preparation: relative B1 -> QALAS grid -> clip -> mask outside the head.
 
     ``famp_img`` is a TurboFLASH famp image (``relative=False``) or an already relative B1
@@ -228,7 +234,8 @@ def b1_in_qalas_space(famp_img: nib.spatialimages.SpatialImage, flip_angle_deg: 
     with tissue signal (:func:`~qalas_bids.qalas.tissue.masking.signal_mask`; optional: the air
     of sinuses is then not judged). The map is judged where it means something: in the brain
     region (:func:`judged_region`) where it has data (:func:`data_support`), not in scalp or skull. Returns the image (0 outside the head when
-    a mask is given) and a JSON-friendly summary (figures, gate records ``Gates``, warnings).
+    a mask is given), a JSON-friendly summary (figures, gate records ``Gates``, warnings) and
+    the judged voxels (bool, QALAS grid: brain region, in the field of view, with data and signal).
     Raises :class:`QalasInputError` for an implausible map (:func:`check_b1_plausibility`).
     """
     data = _squeeze(famp_img)
@@ -280,7 +287,7 @@ def b1_in_qalas_space(famp_img: nib.spatialimages.SpatialImage, flip_angle_deg: 
         LOGGER.warning(warning)
     info["Gates"] = gates
     info["Warnings"] = warnings_
-    return nib.Nifti1Image(b1, qalas_img.affine), info
+    return nib.Nifti1Image(b1, qalas_img.affine), info, judged
 
 
 def _squeeze(img: nib.spatialimages.SpatialImage) -> np.ndarray:
