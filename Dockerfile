@@ -122,6 +122,19 @@ RUN mkdir -p /home/qalas /opt/templateflow \
  && qalas-bids --version | grep -qF "${VERSION}" \
  || { echo "ERROR: image checks failed (build arg VERSION=${VERSION} must be the package version)" >&2; exit 1; }
 
+# TemplateFlow templates baked into /opt/templateflow, as fMRIPrep's image does. Default:
+# MNI152NLin2009cAsym and MNIInfant (cohort 1, infant cohorts), every resolution, fetched
+# from the TemplateFlow archive (network at build time only). An offline build (CI) passes
+# --build-arg TEMPLATEFLOW_PREFETCH="" and gets the package's shipped MNI152NLin2009cAsym
+# files (res-1/res-2) as a locally made home instead. The app never downloads at run time.
+ARG TEMPLATEFLOW_PREFETCH="MNI152NLin2009cAsym MNIInfant:cohort-1"
+RUN if [ -n "${TEMPLATEFLOW_PREFETCH}" ]; then \
+        qalas-bids-prefetch-templates --home /opt/templateflow ${TEMPLATEFLOW_PREFETCH}; \
+    else \
+        qalas-bids-prefetch-templates --home /opt/templateflow --local; \
+    fi \
+ && chmod -R a+rX /opt/templateflow
+
 # Metadata last, so a new BUILD_DATE/VCS_REF leaves the big layers above cached.
 LABEL org.opencontainers.image.title="qalas-bids" \
       org.opencontainers.image.description="BIDS App: T1/T2/PD/inversion-efficiency maps and synthetic contrasts from 3D-QALAS with self-supervised learning (SSL-QALAS)" \

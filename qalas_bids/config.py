@@ -39,6 +39,7 @@ class Settings:
     derivatives: Path | None = None  # group level: the (first) --derivatives folder
     derivative_sources: dict[str, Path] | None = None  # --derivatives NAME=PATH (participant)
     output_spaces: tuple[str, ...] = ("qalas",)  # --output-spaces references (fMRIPrep grammar)
+    atlases: tuple[str, ...] = ()  # --atlases items, checked (bids.atlases.AtlasRequest as text)
     skip_bids_validation: bool = False
     # fitting
     fit_mode: str = "scan-specific"
@@ -106,6 +107,7 @@ class Settings:
             derivatives=next(iter(dict(opts.derivatives or {}).values()), None),
             derivative_sources=dict(opts.derivatives) if opts.derivatives else None,
             output_spaces=tuple(str(s) for s in getattr(opts, "output_spaces_parsed", None) or ()) or ("qalas",),
+            atlases=tuple(str(a) for a in getattr(opts, "atlases_parsed", None) or ()),
             skip_bids_validation=opts.skip_bids_validation,
             fit_mode=opts.fit_mode,
             device=opts.device,

@@ -15,6 +15,7 @@ import pytest
 
 from qalas_bids.bids.derivatives import derivative_path
 from qalas_bids.bids.output_spaces import OutputSpace, parse_output_spaces, resolve_native_resolution
+from qalas_bids.bids.templates import SHIPPED_DIR
 from qalas_bids.qalas.errors import QalasInputError
 
 
@@ -227,10 +228,27 @@ def test_e2e_t1w_and_template_spaces_offline(tmp_path, monkeypatch, no_user_home
     assert rms <= 0.5, rms
     # --derivatives: sMRIPrep's (known) T1w -> template transform is reused, only the rigid
     # step is computed; the written QALAS -> template transform matches the known mapping
+    # (also a user segmentation through --atlases: left/right halves on the res-1 grid)
     smriprep = bids / "derivatives" / "smriprep"
+    tpl1 = nib.load(SHIPPED_DIR / "tpl-MNI152NLin2009cAsym" / "tpl-MNI152NLin2009cAsym_res-01_desc-brain_mask.nii.gz")
+    x_mm = nib.affines.apply_affine(tpl1.affine, np.indices(tpl1.shape).reshape(3, -1).T)[:, 0].reshape(tpl1.shape)
+    halves = np.where(np.asarray(tpl1.dataobj) > 0, np.where(x_mm < 0, 1, 2), 0).astype(np.int16)
+    user_dseg = tmp_path / "tpl-MNI152NLin2009cAsym_res-01_atlas-Halves_dseg.nii.gz"
+    nib.save(nib.Nifti1Image(halves, tpl1.affine), str(user_dseg))
+    (tmp_path / "halves.tsv").write_text("index\tname\n1\tleft\n2\tright\n")
     with pytest.raises(SystemExit) as exit_info:
-        main([str(bids), str(tmp_path / "out_deriv"), *args, "--derivatives", f"smriprep={smriprep}"])
+        main([str(bids), str(tmp_path / "out_deriv"), *args, "--derivatives", f"smriprep={smriprep}",
+              "--atlases", f"Halves={user_dseg},{tmp_path / 'halves.tsv'}"])
     assert exit_info.value.code == 0
+    deriv_anat = tmp_path / "out_deriv" / "sub-01/ses-01/anat"
+    import pandas as pd
+
+    for atlas, rows in (("Halves", 2), ("TissueHemi", 6)):
+        table = pd.read_csv(deriv_anat / f"{prefix}space-MNI152NLin2009cAsym_res-2_atlas-{atlas}_stat-summary_qmri.tsv",
+                            sep="\t", na_values="n/a")
+        assert len(table) == rows and (table["voxels"] > 0).all(), table
+    assert table_names_and_values_ok(pd.read_csv(
+        deriv_anat / f"{prefix}space-MNI152NLin2009cAsym_res-2_atlas-Halves_stat-summary_qmri.tsv", sep="\t"))
     known = np.array(json.loads((bids / "derivatives/groundtruth/sub-01/ses-01/anat/"
                                  "sub-01_ses-01_desc-templatexfm_simulation.json").read_text())["TemplateToQalasWorld"])
     reused = reg.read_transform(str(tmp_path / "out_deriv" / "sub-01/ses-01/anat" /
@@ -253,6 +271,12 @@ def test_e2e_t1w_and_template_spaces_offline(tmp_path, monkeypatch, no_user_home
     errors = [(i["code"], i.get("location")) for i in json.loads(proc.stdout)["issues"]["issues"]
               if i["severity"] == "error"]
     assert errors == [], errors
+
+
+def table_names_and_values_ok(table) -> bool:
+    """A user atlas table: its TSV names, every half with reliable voxels and a brain-like T1."""
+    return (table["name"].tolist() == ["left", "right"] and bool((table["reliable_voxels"] > 200).all())
+            and bool(table["T1_s_median"].between(0.5, 5.0).all()))
 
 
 # --------------------------------------------------------------------------- atlas tables

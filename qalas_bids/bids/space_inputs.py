@@ -3,7 +3,7 @@
 
 sMRIPrep's reuse list (``smriprep/data/io_spec.json``): ``desc-preproc_T1w``, ``desc-brain_mask``,
 ``dseg`` (no desc), ``from-T1w_to-<tpl>_mode-image_xfm.{h5,txt}``; also the FreeSurfer
-``desc-aseg_dseg``. All in native T1w space (no ``space-`` entity), subject-level
+``desc-aseg_dseg`` and ``desc-aparcaseg_dseg``. All in native T1w space (no ``space-`` entity), subject-level
 (``sub-X/anat``) or session-level (``sub-X/ses-Y/anat``).
 """
 from __future__ import annotations
@@ -35,9 +35,11 @@ class SpaceInputs:
     t1w_brain_mask: str | None = None
     dseg: str | None = None
     aseg: str | None = None
+    aparcaseg: str | None = None
     write_t1w: bool = False
     templates: tuple[TemplateTarget, ...] = ()
     derivatives_name: str | None = None
+    atlases: tuple[dict, ...] = ()  # --atlases, resolved: ToOutputSpaces' atlas specs
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -69,6 +71,7 @@ def find_smriprep_files(root: Path, subject: str, session: str | None,
         "brain_mask": _first(dirs, f"sub-{subject}*_desc-brain_mask.nii*", exclude=("_space-",)),
         "dseg": _first(dirs, f"sub-{subject}*_dseg.nii*", exclude=("_space-", "_desc-")),
         "aseg": _first(dirs, f"sub-{subject}*_desc-aseg_dseg.nii*", exclude=("_space-",)),
+        "aparcaseg": _first(dirs, f"sub-{subject}*_desc-aparcaseg_dseg.nii*", exclude=("_space-",)),
     }
     for space in templates:
         found[f"xfm:{space}"] = (
@@ -79,9 +82,10 @@ def find_smriprep_files(root: Path, subject: str, session: str | None,
 
 def collect_space_inputs(run, spaces: tuple[OutputSpace, ...], *, bids_dir: Path,
                          derivatives: dict[str, Path], template_root: Path,
-                         voxel_mm: float) -> SpaceInputs:
-    """Everything ``run`` needs for ``spaces``; raises QalasInputError (exit 2) when a
-    reference is missing. With ``derivatives``, the T1w and the T1w -> template transforms
+                         voxel_mm: float, atlases: tuple = ()) -> SpaceInputs:
+    """Everything ``run`` needs for ``spaces`` and the ``--atlases`` (checked
+    ``bids.atlases.AtlasRequest``s); raises QalasInputError (exit 2) when a reference or an
+    atlas file is missing. With ``derivatives``, the T1w and the T1w -> template transforms
     come from them and only the rigid QALAS -> T1w step is computed."""
     templates = [resolve_native_resolution(s, voxel_mm) for s in spaces if s.is_template]
     write_t1w = any(s.name == "T1w" for s in spaces)
@@ -97,7 +101,7 @@ def collect_space_inputs(run, spaces: tuple[OutputSpace, ...], *, bids_dir: Path
         raise QalasInputError(
             f"{run.label}: --output-spaces T1w needs a T1w image of the session (anat/*_T1w.nii.gz "
             "in the raw dataset, or desc-preproc_T1w in a --derivatives folder); none found")
-    homes = resolve_template_homes([s.name for s in templates], template_root)
+    homes = resolve_template_homes(templates, template_root)
     targets = []
     for space in templates:
         files = template_files(space.name, space.res, space.cohort, homes[space.name])
@@ -106,7 +110,29 @@ def collect_space_inputs(run, spaces: tuple[OutputSpace, ...], *, bids_dir: Path
     return SpaceInputs(
         t1w=t1w, t1w_source=f"derivatives:{deriv_name}" if deriv_name else ("raw" if t1w else ""),
         t1w_brain_mask=deriv.get("brain_mask"), dseg=deriv.get("dseg"), aseg=deriv.get("aseg"),
-        write_t1w=write_t1w, templates=tuple(targets), derivatives_name=deriv_name)
+        aparcaseg=deriv.get("aparcaseg"), write_t1w=write_t1w, templates=tuple(targets),
+        derivatives_name=deriv_name, atlases=tuple(requested_atlas_specs(atlases, targets)))
+
+
+def requested_atlas_specs(atlases, targets: list[TemplateTarget]) -> list[dict]:
+    """ToOutputSpaces atlas specs of the ``--atlases`` on each template output of their template
+    (TemplateFlow files found in the template's home: exit 2 when absent)."""
+    from .atlases import templateflow_atlas_files
+
+    specs = []
+    for target in targets:
+        space = target.space
+        for atlas in atlases:
+            if atlas.is_templateflow:
+                dseg, tsv = templateflow_atlas_files(atlas, space.name, space.res, space.cohort,
+                                                     target.files.home)
+            elif atlas.template == space.name and atlas.cohort in (None, space.cohort):
+                dseg, tsv = atlas.dseg, atlas.tsv
+            else:
+                continue
+            specs.append({"space_key": f"{space.transform_label}_res-{space.res}", "label": atlas.label,
+                          "dseg": dseg, **({"tsv": tsv} if tsv else {})})
+    return specs
 
 
 def as_dict(inputs: SpaceInputs) -> dict:
@@ -133,8 +159,8 @@ def _label_table_near(dseg: str, stem: str) -> str | None:
 
 def atlas_specs(inputs: SpaceInputs) -> list[dict]:
     """Atlases of a run's ROI tables: the shipped ``TissueHemi`` on each MNI152NLin2009cAsym
-    res-1/res-2 output, and the FreeSurfer ``desc-aseg_dseg`` (T1w space) when the
-    derivatives have one and T1w outputs are written."""
+    res-1/res-2 output, the FreeSurfer ``desc-aseg_dseg``/``desc-aparcaseg_dseg`` (T1w space)
+    when the derivatives have them and T1w outputs are written, and the ``--atlases``."""
     from .templates import DEFAULT_ATLAS, SHIPPED_DIR, SHIPPED_TEMPLATE
 
     specs = []
@@ -146,10 +172,8 @@ def atlas_specs(inputs: SpaceInputs) -> list[dict]:
             specs.append({"space_key": f"{space.transform_label}_res-{space.res}", "label": DEFAULT_ATLAS,
                           "dseg": str(dseg),
                           "tsv": str(folder / f"tpl-{SHIPPED_TEMPLATE}_atlas-{DEFAULT_ATLAS}_dseg.tsv")})
-    if inputs.aseg and inputs.write_t1w:
-        spec = {"space_key": "T1w", "label": "aseg", "dseg": inputs.aseg}
-        tsv = _label_table_near(inputs.aseg, "desc-aseg_dseg")
-        if tsv:
-            spec["tsv"] = tsv
-        specs.append(spec)
-    return specs
+    for label, dseg in (("aseg", inputs.aseg), ("aparcaseg", inputs.aparcaseg)):
+        if dseg and inputs.write_t1w:
+            tsv = _label_table_near(dseg, f"desc-{label}_dseg")
+            specs.append({"space_key": "T1w", "label": label, "dseg": dseg, **({"tsv": tsv} if tsv else {})})
+    return specs + list(inputs.atlases)

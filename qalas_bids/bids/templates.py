@@ -113,15 +113,19 @@ class TemplateFiles:
 
 
 def prefetch_command(template: str, res: str | None, cohort: str | None) -> str:
-    """The command that downloads what qalas-bids needs of one template."""
-    kwargs = f"resolution={int(res)}, " if res and res.isdigit() else ""
-    kwargs += f"cohort={cohort!r}, " if cohort else ""
+    """The command that downloads what qalas-bids needs of one template (and the equivalent
+    ``qalas-bids-prefetch-templates`` call)."""
+    has_res = bool(res and res.isdigit())
+    kwargs = (f"resolution={int(res)}, " if has_res else "") + (f"cohort={cohort!r}, " if cohort else "")
+    token = template + (f":cohort-{cohort}" if cohort else "") + (f":res-{res}" if has_res else "")
     return (f"python -c \"from templateflow.api import get; get({template!r}, {kwargs}desc='brain', "
-            f"suffix='mask'); get({template!r}, {kwargs}desc=None, suffix='T1w')\"")
+            f"suffix='mask'); get({template!r}, {kwargs}desc=None, suffix='T1w')\" "
+            f"(or: qalas-bids-prefetch-templates {token})")
 
 
-def resolve_template_homes(templates: list[str], local_root: Path) -> dict[str, Path]:
-    """TemplateFlow home of each template; builds the local home when it is needed.
+def resolve_template_homes(templates: list, local_root: Path) -> dict[str, Path]:
+    """TemplateFlow home of each template (IDs, or output spaces with ``name``/``res``/``cohort``,
+    whose resolution and cohort go into the pre-fetch hint); builds the local home when needed.
 
     The user's home serves a template it holds real files of; the shipped template is
     served from the local home otherwise. ``TEMPLATEFLOW_HOME`` is set to the local home
@@ -130,16 +134,19 @@ def resolve_template_homes(templates: list[str], local_root: Path) -> dict[str, 
     """
     user = user_template_home()
     homes: dict[str, Path] = {}
-    for template in dict.fromkeys(templates):
+    spaces = {getattr(t, "name", t): t for t in reversed(templates)}
+    for template in dict.fromkeys(getattr(t, "name", t) for t in templates):
         if _has_real_files(user, template):
             homes[template] = user
         elif template == SHIPPED_TEMPLATE:
             homes[template] = build_local_home(local_root)
         else:
+            space = spaces[template]
+            hint = prefetch_command(template, getattr(space, "res", None), getattr(space, "cohort", None))
             raise QalasInputError(
                 f"template {template} is not in the TemplateFlow home {user} and qalas-bids never "
                 f"downloads at run time: pre-fetch it on a machine with network access, e.g. "
-                f"{prefetch_command(template, None, None)}, then set TEMPLATEFLOW_HOME to that home "
+                f"{hint}, then set TEMPLATEFLOW_HOME to that home "
                 f"(only {SHIPPED_TEMPLATE} is shipped)")
     if local_root in homes.values() and not _has_real_files(user):
         os.environ["TEMPLATEFLOW_HOME"] = str(local_root)

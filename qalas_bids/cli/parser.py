@@ -89,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "TemplateFlow templates with res-<index>/cohort-<label> modifiers, e.g. "
                         "MNI152NLin2009cAsym:res-2. MNI152NLin2009cAsym is shipped; other templates "
                         "must be pre-fetched into $TEMPLATEFLOW_HOME (nothing is downloaded)")
+    g.add_argument("--atlases", nargs="+", metavar="ATLAS",
+                   help="atlases for the ROI tables (one TSV per atlas and output space, besides the "
+                        "shipped TissueHemi on MNI152NLin2009cAsym and the --derivatives "
+                        "desc-aseg/desc-aparcaseg_dseg in T1w space): NAME[:desc-DESC], a TemplateFlow "
+                        "atlas of a template in --output-spaces (e.g. HOCPA:desc-th25, "
+                        "Schaefer2018:desc-400Parcels7Networks; pre-fetched into $TEMPLATEFLOW_HOME), "
+                        "or LABEL=DSEG.nii.gz[,LABELS.tsv], your own integer segmentation on a "
+                        "template's grid (its template from tpl-<T>/space-<T> in the file name, or "
+                        "the one template of --output-spaces)")
 
     g = parser.add_argument_group("Fitting")
     g.add_argument("--fit-mode", choices=FIT_MODES, default="scan-specific",
@@ -246,6 +255,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--output-spaces: {exc}")
         if opts.analysis_level != "participant":
             parser.error("--output-spaces is a participant-level option")
+    opts.atlases_parsed = ()
+    if opts.atlases:
+        from ..bids.atlases import check_atlases, parse_atlas
+        from ..qalas.errors import QalasInputError
+
+        try:  # unknown atlases, unreadable files, templates not requested: exit 2 before any work
+            opts.atlases_parsed = tuple(check_atlases([parse_atlas(t) for t in opts.atlases],
+                                                      opts.output_spaces_parsed or ()))
+        except QalasInputError as exc:
+            parser.error(f"--atlases: {exc}")
     if opts.derivatives and len({name for name, _ in opts.derivatives}) != len(opts.derivatives):
         parser.error("--derivatives: each NAME must be unique")
     return opts

@@ -177,6 +177,7 @@ def prepare_spaces(settings: Settings, runs: list) -> list:
     (exit 2 before any work when one is missing; nothing is downloaded)."""
     import nibabel as nib
 
+    from ..bids.atlases import check_atlases, parse_atlas
     from ..bids.output_spaces import parse_output_spaces
     from ..bids.space_inputs import collect_space_inputs
     from ..qalas.errors import QalasInputError
@@ -184,6 +185,10 @@ def prepare_spaces(settings: Settings, runs: list) -> list:
     spaces = parse_output_spaces(list(settings.output_spaces))
     if all(not s.is_template and s.name == "qalas" for s in spaces):
         return runs
+    try:
+        atlases = tuple(check_atlases([parse_atlas(t) for t in settings.atlases], spaces)) if settings.atlases else ()
+    except QalasInputError as exc:
+        raise UsageError(f"--atlases: {exc}") from None
     out = []
     for run in runs:
         voxel_mm = float(min(nib.load(run.qalas_files[0]).header.get_zooms()[:3]))
@@ -191,7 +196,7 @@ def prepare_spaces(settings: Settings, runs: list) -> list:
             inputs = collect_space_inputs(run, spaces, bids_dir=settings.bids_dir,
                                           derivatives=dict(settings.derivative_sources or {}),
                                           template_root=settings.work_dir / "templateflow",
-                                          voxel_mm=voxel_mm)
+                                          voxel_mm=voxel_mm, atlases=atlases)
         except QalasInputError as exc:
             raise UsageError(str(exc)) from None
         LOGGER.info("%s: output spaces %s (T1w: %s%s)", run.label, ", ".join(map(str, spaces)),

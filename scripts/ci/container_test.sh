@@ -174,6 +174,7 @@ podman build "${mounts[@]}" \
     --build-arg VERSION="$VERSION" \
     --build-arg BUILD_DATE="$BUILD_DATE" \
     --build-arg VCS_REF="$VCS_REF" \
+    --build-arg TEMPLATEFLOW_PREFETCH="" \
     -t "$IMAGE:latest" -t "$IMAGE:$VERSION" -f Dockerfile . 2>&1 | tee "$WORK/build.log"
 build_rc=${PIPESTATUS[0]}
 set -e
@@ -297,7 +298,12 @@ log "usage error: $(printf '%s' "$bad_out" | tail -n 1)"
 
 # ------------------------------------- template space, offline (--network none)
 # The whole 2 mm demo head (not the slab: a template registration needs the head), no
-# network at all: MNI152NLin2009cAsym must come from the templates shipped in the package.
+# network at all: MNI152NLin2009cAsym must come from the image's TemplateFlow home, baked at
+# build time (offline build: the package's shipped files, qalas-bids-prefetch-templates --local).
+podman run --rm --entrypoint /bin/sh "$IMAGE:latest" -c \
+    'test -s "$TEMPLATEFLOW_HOME/tpl-MNI152NLin2009cAsym/tpl-MNI152NLin2009cAsym_res-02_desc-brain_mask.nii.gz" \
+     && test ! -e "$TEMPLATEFLOW_HOME/.qalas-bids-local-home"' \
+    || fail "the image's TemplateFlow home (/opt/templateflow) lacks the baked MNI152NLin2009cAsym files"
 DATA3="$WORK/data-head"; OUT3="$WORK/out-spaces"; mkdir -p "$OUT3"; chown "$RUN_UID:$RUN_GID" "$OUT3"
 demo_py -c "from qalas_bids.cli.demo_data import main; main()" \
     "$DATA3" --resolution 2 --snr 60 --seed 0 > "$WORK/demo3.log" 2>&1 \
