@@ -8,7 +8,7 @@ uncertainty maps) inside the phantom's head mask (the noise level comes from out
 time and the median relative error (%) of T1/T2/PD/IE over pure WM and GM voxels
 (fraction > 0.9). Then the time per run against the per-protocol model of 0.1
 (tests/data/ssl_model_v0_siemens.pt, without the fluid restart: the pretrained path of 0.1)
-on the Siemens preset, both run in this process (alternating, median of ``--repeats``):
+on the Siemens preset, both run in this process (``--model``: benchmark another file) (alternating, median of ``--repeats``):
 the ratio new / old.
 
 Example: nice -n 10 python benchmarks/bench_protocols.py --threads 2
@@ -68,6 +68,7 @@ def main(argv=None) -> None:
     parser.add_argument("--anatomy", default="head", choices=("head", "brain"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", default=None, help="model file to benchmark (default: the shipped one)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
@@ -81,7 +82,7 @@ def main(argv=None) -> None:
         timing = sample_protocol(rng)
         head = make_digital_brain(resolution=args.resolution, snr=args.snr, seed=k, anatomy_seed=0,
                                   timing=timing, anatomy=args.anatomy)
-        fit, wall = fit_pretrained(head, args.threads)
+        fit, wall = fit_pretrained(head, args.threads, args.model)
         bias = median_bias(head, fit)
         for key, value in bias.items():
             worst[key] = max(worst.get(key, 0.0), abs(value))
@@ -97,8 +98,8 @@ def main(argv=None) -> None:
     times = {"old": [], "new": [], "fluid": []}
     for _ in range(args.repeats):
         times["old"].append(fit_pretrained(head, args.threads, str(OLD_MODEL), fluid_restart=False)[1])
-        times["new"].append(fit_pretrained(head, args.threads, fluid_restart=False)[1])
-        times["fluid"].append(fit_pretrained(head, args.threads, fluid_restart=True)[1])
+        times["new"].append(fit_pretrained(head, args.threads, args.model, fluid_restart=False)[1])
+        times["fluid"].append(fit_pretrained(head, args.threads, args.model, fluid_restart=True)[1])
     old, new, fluid = (float(np.median(times[k])) for k in ("old", "new", "fluid"))
     print(f"time per pretrained run, Siemens preset, {int(head_mask(head).sum())} voxels: old path "
           f"{old:.2f} s, protocol-general {new:.2f} s (ratio {new / old:.2f}), with the fluid restart "

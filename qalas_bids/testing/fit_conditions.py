@@ -63,23 +63,25 @@ def voxel_set(snr: float, n: int, seed: int = 0, t1s: Iterable[float] = CSF_T1_S
 
 def fit_mode(mode: str, mags: np.ndarray, b1: np.ndarray, timing: SequenceTiming, seed: int = 0,
              threads: int | None = None, model_path: str | None = None,
-             fluid_restart: bool = False) -> dict[str, np.ndarray]:
-    """Fitted T1/T2/PD/IE of one mode (SSL modes with their default refinement)."""
+             fluid_restart: bool = False, refine_steps: int = 8) -> dict[str, np.ndarray]:
+    """Fitted T1/T2/PD/IE of one mode (SSL modes with ``refine_steps`` per-voxel refinement
+    steps; 0 = the network output)."""
     if mode == "dictionary":
         from ..qalas.fitting.dictionary import fit_dictionary
         fit = fit_dictionary(mags, b1, timing, device="cpu", progress=False)
     else:
         from ..qalas.fitting.ssl import fit_ssl
         fit = fit_ssl(mags, b1, timing, mode=mode, device="cpu", seed=seed, progress=False, num_threads=threads,
-                      model_path=model_path, fluid_restart=fluid_restart)
+                      model_path=model_path, fluid_restart=fluid_restart, refine_steps=refine_steps)
     return {p: np.asarray(getattr(fit, p), dtype=np.float64) for p in PARAMS}
 
 
 def condition_table(modes: Iterable[str] = MODES, snrs: Iterable[float] = SNRS, n: int = 400, seed: int = 0,
                     threads: int | None = None, model_path: str | None = None,
-                    fluid_restart: bool = False) -> list[Row]:
+                    fluid_restart: bool = False, refine_steps: int = 8) -> list[Row]:
     """:class:`Row` per mode, SNR and condition (CSF grid, WM, GM); ``model_path`` for the
-    pretrained/fine-tune modes (default: the shipped model)."""
+    pretrained/fine-tune modes (default: the shipped model); ``refine_steps`` for the SSL
+    modes (0: the network alone)."""
     timing = SequenceTiming()
     rows = []
     for snr in snrs:
@@ -89,7 +91,7 @@ def condition_table(modes: Iterable[str] = MODES, snrs: Iterable[float] = SNRS, 
         for mode in modes:
             est = fit_mode(mode, mags, truth["b1"], timing, seed, threads,
                            model_path if mode in ("pretrained", "fine-tune") else None,
-                           fluid_restart=fluid_restart and mode != "dictionary")
+                           fluid_restart=fluid_restart and mode != "dictionary", refine_steps=refine_steps)
             for cond in dict.fromkeys(conditions):
                 sel = conditions == cond
                 bias, nrmse, ratio = {}, {}, {}
@@ -111,4 +113,17 @@ def format_table(rows: list[Row]) -> str:
     for r in rows:
         cells = " | ".join(f"{r.bias[p] * 100:+6.2f}% {r.nrmse[p] * 100:6.2f}% {r.ratio[p]:5.2f}x  " for p in PARAMS)
         lines.append(f"{r.mode:<14}{r.snr:5.0f} {r.condition:<22}| {cells}")
+    return "\n".join(lines)
+
+
+def format_summary(rows: list[Row]) -> str:
+    """Per mode, SNR and tissue class (WM, GM, CSF = mean bias and RMS NRMSE over the CSF
+    conditions): bias / NRMSE in % of T1, T2, PD, IE."""
+    lines = [f"{'mode':<14}{'SNR':>5} {'class':<6}| " + " | ".join(f"{p.upper()} bias / NRMSE" for p in PARAMS)]
+    for mode, snr in dict.fromkeys((r.mode, r.snr) for r in rows):
+        for tissue in ("WM", "GM", "CSF"):
+            sel = [r for r in rows if (r.mode, r.snr) == (mode, snr) and r.condition.split()[0] == tissue]
+            cells = " | ".join(f"{np.mean([r.bias[p] for r in sel]) * 100:+6.2f}% "
+                               f"{np.sqrt(np.mean([r.nrmse[p] ** 2 for r in sel])) * 100:5.1f}%" for p in PARAMS)
+            lines.append(f"{mode:<14}{snr:5.0f} {tissue:<6}| {cells}")
     return "\n".join(lines)

@@ -53,6 +53,17 @@ def model_magnitudes(params: torch.Tensor, b1: torch.Tensor, timing: SequenceTim
     return qalas_magnitude(params[:, 0], params[:, 1], params[:, 2], params[:, 3], b1, timing)
 
 
+def signal_loss(params: torch.Tensor, targets: torch.Tensor, b1: torch.Tensor, timing,
+                weight: torch.Tensor | None = None) -> torch.Tensor:
+    """The self-supervised SSL-QALAS loss: mean squared difference between the model
+    magnitudes of ``params (N, 4)`` (:func:`model_magnitudes`) and the normalised measured
+    magnitudes ``targets (N, 5)``. ``timing``: one protocol, or one per voxel (fields ``(N,)``).
+    ``weight`` (broadcast to ``(N, 5)``, e.g. ``1 / sigma^2`` per voxel when voxels come from
+    scans of different noise levels) multiplies the squared residuals."""
+    sq = (model_magnitudes(params, b1, timing) - targets).square()
+    return (sq if weight is None else sq * weight).mean()
+
+
 def _auto_batch(n: int, batch_size: int | None) -> int:
     if batch_size:
         return int(min(batch_size, n))
@@ -93,8 +104,7 @@ def train_network(net: QalasNet, inputs: torch.Tensor, targets: torch.Tensor, b1
         for first in range(0, n, batch_size):
             idx = order[first:first + batch_size]
             params = net(inputs[idx])
-            residual = model_magnitudes(params, b1[idx], timing) - targets[idx]
-            loss = residual.square().mean()
+            loss = signal_loss(params, targets[idx], b1[idx], timing)
             if use_tv:
                 nb = neighbors[idx]
                 valid = nb >= 0
