@@ -216,6 +216,13 @@ def test_e2e_t1w_and_template_spaces_offline(tmp_path, monkeypatch, no_user_home
         assert ("SpatialReference" in meta) if space == "space-T1w" else (meta["Resolution"].startswith(
             "Template MNI152NLin2009cAsym (2.0"))
     assert nib.load(anat / f"{prefix}T1map.nii.gz").shape != (97, 115, 97)  # QALAS grid unchanged
+    # the report checks each registration: the target's edges over the resampled synthetic T1w
+    page = (out / "sub-01.html").read_text()
+    for space in ("space-T1w", "space-MNI152NLin2009cAsym_res-2"):
+        figure = out / "sub-01" / "figures" / f"{prefix}{space}_desc-registration_T1w.png"
+        assert figure.is_file() and f"figures/{figure.name}" in page, figure
+    xfm_meta = json.loads((anat / f"{prefix}from-QALAS_to-T1w_mode-image_xfm.json").read_text())
+    assert xfm_meta["Registration"]["Seconds"] > 0 and xfm_meta["Registration"]["Metric"] < 0
     truth = json.loads((bids / "derivatives/groundtruth/sub-01/ses-01/anat/"
                         "sub-01_ses-01_desc-T1wmotion_simulation.json").read_text())
     motion = np.array(truth["QalasToT1wWorld"])

@@ -115,6 +115,24 @@ def bids_uri(path: str | Path, bids_dir: str | Path, dataset: str = "raw") -> st
     return f"bids:{dataset}:{rel.as_posix()}"
 
 
+def resolve_bids_uri(uri: str, links: Mapping[str, str | Path]) -> Path | None:
+    """Local path of a BIDS URI (``bids:<dataset>:<path>``) through ``links`` (dataset name ->
+    folder or ``file://`` URI, as ``DatasetLinks``); ``None`` when the dataset is not linked,
+    not local, or the URI is not a BIDS URI."""
+    from urllib.parse import unquote, urlparse
+
+    parts = str(uri).split(":", 2)
+    if len(parts) != 3 or parts[0] != "bids" or parts[1] not in links:
+        return None
+    root = str(links[parts[1]])
+    if "://" in root:
+        parsed = urlparse(root)
+        if parsed.scheme != "file":
+            return None
+        root = unquote(parsed.path)
+    return Path(root) / parts[2]
+
+
 # --------------------------------------------------------------------------- safety
 def _is_inside(path: Path, parent: Path) -> bool:
     path, parent = path.resolve(), parent.resolve()
@@ -332,8 +350,11 @@ def detect_container(root: str | Path = "/", environ: Mapping[str, str] | None =
     return None
 
 
-def write_dataset_description(out_dir: str | Path, bids_dir: str | Path) -> Path:
-    """Write ``out_dir/dataset_description.json`` (derivative, GeneratedBy, raw links)."""
+def write_dataset_description(out_dir: str | Path, bids_dir: str | Path,
+                              derivatives: Mapping[str, str | Path] | None = None) -> Path:
+    """Write ``out_dir/dataset_description.json`` (derivative, GeneratedBy, ``DatasetLinks``:
+    ``raw`` and each ``--derivatives NAME=PATH``, which ``bids:NAME:`` URIs in the sidecars
+    refer to; links of an earlier invocation with other names are kept)."""
     out_dir, bids_dir = Path(out_dir).absolute(), Path(bids_dir).absolute()
     check_output_dir(out_dir, bids_dir)
     generated = {"Name": "qalas-bids", "Version": __version__, "CodeURL": CODE_URL,
@@ -349,13 +370,19 @@ def write_dataset_description(out_dir: str | Path, bids_dir: str | Path) -> Path
         raw = {}
     if raw.get("DatasetDOI"):
         source["DOI"] = raw["DatasetDOI"]
+    try:
+        links = dict(json.loads((out_dir / "dataset_description.json").read_text()).get("DatasetLinks") or {})
+    except (OSError, ValueError, AttributeError):
+        links = {}
+    links.update({str(name): Path(path).absolute().as_uri() for name, path in (derivatives or {}).items()})
+    links["raw"] = bids_dir.as_uri()
     description = {
         "Name": f"qalas-bids outputs{' for ' + raw['Name'] if raw.get('Name') else ''}",
         "BIDSVersion": BIDS_VERSION,
         "DatasetType": "derivative",
         "GeneratedBy": [generated],
         "SourceDatasets": [source],
-        "DatasetLinks": {"raw": bids_dir.as_uri()},
+        "DatasetLinks": links,
         "HowToAcknowledge": "Cite SSL-QALAS (Jun et al., Magn Reson Med 2023) and qalas-bids; see logs/CITATION.md",
     }
     return write_json(out_dir / "dataset_description.json", description)

@@ -43,7 +43,7 @@ def run_participant(settings: Settings) -> int:
         settings.output_dir.mkdir(parents=True, exist_ok=True)
         for stale in remove_stale_temporaries(settings.output_dir, _subjects(settings, runs)):
             LOGGER.info("removed a temporary file left by an interrupted run: %s", stale)
-        write_dataset_description(settings.output_dir, settings.bids_dir)
+        write_dataset_description(settings.output_dir, settings.bids_dir, settings.derivative_sources)
         write_bidsignore(settings.output_dir)
         LOGGER.info("Settings written to %s", settings.write_json())
         if settings.boilerplate_only:
@@ -68,7 +68,7 @@ def run_participant(settings: Settings) -> int:
             if not crashes:
                 LOGGER.critical("No crash file found under %s", settings.output_dir)
         finally:
-            write_dataset_description(settings.output_dir, settings.bids_dir)
+            write_dataset_description(settings.output_dir, settings.bids_dir, settings.derivative_sources)
             write_bidsignore(settings.output_dir)
         with clock.stage("boilerplate, QC gate and reports"):
             try:

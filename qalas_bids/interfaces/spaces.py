@@ -98,13 +98,13 @@ class ToOutputSpaces(SimpleInterface):
         atlases = list(self.inputs.atlases) if isdefined(self.inputs.atlases) else []
         info: dict = {}
 
-        def add_xfm(transform, to: str, ext: str, description: str) -> str:
+        def add_xfm(transform, to: str, ext: str, description: str, registration: dict) -> str:
             rel = derivative_path(ents, "xfm", extension=ext, from_="QALAS", to=to, mode="image")
             path = reg.write_transform(transform, os.path.join(runtime.cwd, os.path.basename(rel)))
             out["xfm_files"].append(path)
             out["xfm_paths"].append(rel)
             out["xfm_metadata"].append({"Description": description, "Sources": sources,
-                                        "FromSpace": "QALAS", "ToSpace": to,
+                                        "FromSpace": "QALAS", "ToSpace": to, "Registration": registration,
                                         "Convention": "ITK/ANTs: maps points of the target grid to "
                                                       "the QALAS grid (resampling transform)"})
             return rel
@@ -181,7 +181,7 @@ class ToOutputSpaces(SimpleInterface):
             info["T1w"] = {"Method": "rigid, Mattes mutual information (SimpleITK)",
                            "Metric": result.metric, "Iterations": result.iterations,
                            "Seconds": round(time.perf_counter() - start, 2)}
-            rigid_rel = add_xfm(rigid, "T1w", ".txt", "rigid QALAS -> T1w (Mattes MI, SimpleITK)")
+            rigid_rel = add_xfm(rigid, "T1w", ".txt", "rigid QALAS -> T1w (Mattes MI, SimpleITK)", info["T1w"])
             if self.inputs.write_t1w:
                 reference = self.inputs.t1w_reference if isdefined(self.inputs.t1w_reference) else ""
                 resample_all("T1w", t1w_img, rigid, [rigid_rel], {"SpatialReference": reference}, key="T1w")
@@ -201,11 +201,11 @@ class ToOutputSpaces(SimpleInterface):
                                            seed=self.inputs.seed)
                 transform, metric, iterations = result.transform, result.metric, result.iterations
                 method = "affine + B-spline (40 mm mesh), Mattes mutual information (SimpleITK)"
-            rel = add_xfm(transform, target["label"], ".h5", f"QALAS -> {target['label']}: {method}")
             key = target["label"] + (f"_res-{target['res']}" if target.get("res") else "")
             info[key] = {
                 "Method": method, "Metric": metric, "Iterations": iterations,
                 "Seconds": round(time.perf_counter() - start, 2)}
+            rel = add_xfm(transform, target["label"], ".h5", f"QALAS -> {target['label']}: {method}", info[key])
             resample_all(target["space"], tpl_img, transform, [rel],
                          {"Resolution": target["resolution_text"]}, res=target.get("res"),
                          cohort=target.get("cohort"), key=key)

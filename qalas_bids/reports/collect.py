@@ -6,6 +6,7 @@ Reports never receive arrays from the workflow: they read what was written, so
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,24 @@ from ..qalas.errors import QalasInputError
 MAP_SUFFIXES = ("T1map", "T2map", "PDmap", "IEmap")
 SYNTHETIC_SUFFIXES = ("T1w", "T2w", "PDw", "FLAIR", "DIR", "PSIR", "STIR")
 RUN_ENTITIES = ("subject", "session", "acquisition", "reconstruction", "run")
+
+
+@dataclass
+class SpaceDerivatives:
+    """One run's resampled outputs in one ``--output-spaces`` space (what the report shows)."""
+
+    space: str
+    res: str | None = None
+    cohort: str | None = None
+    t1map: Path | None = None
+    synthetic_t1w: Path | None = None
+    mask: Path | None = None
+
+    @property
+    def label(self) -> str:
+        """``space-T1w`` / ``space-MNI152NLin2009cAsym_res-2`` (the file-name entities)."""
+        return "_".join([f"space-{self.space}"] + [f"{k}-{v}" for k, v in (("cohort", self.cohort),
+                                                                            ("res", self.res)) if v])
 
 
 @dataclass
@@ -30,6 +49,7 @@ class RunDerivatives:
     b1: Path | None = None
     synthetic: dict[str, Path] = field(default_factory=dict)  # T1w, FLAIR, ...
     sidecar: dict[str, Any] = field(default_factory=dict)  # of the T1map
+    spaces: dict[str, SpaceDerivatives] = field(default_factory=dict)  # label -> resampled outputs
 
     @property
     def label(self) -> str:
@@ -42,10 +62,11 @@ class RunDerivatives:
 
 
 def read_sidecar(image_path: str | Path) -> dict[str, Any]:
-    """JSON sidecar next to a ``.nii[.gz]`` file ({} when missing or unreadable)."""
+    """JSON sidecar next to a ``.nii[.gz]`` (or transform ``.txt``/``.h5``) file ({} when missing
+    or unreadable)."""
     path = Path(image_path)
     name = path.name
-    for ext in (".nii.gz", ".nii"):
+    for ext in (".nii.gz", ".nii", ".txt", ".h5"):
         if name.endswith(ext):
             name = name[: -len(ext)]
             break
@@ -92,6 +113,7 @@ def find_runs(output_dir: str | Path, subject: str | None = None, layout=None) -
             suffix, desc, space = ents.get("suffix"), ents.get("desc"), ents.get("space")
             path = Path(f.path)
             if space not in (None, "QALAS"):  # resampled copies (--output-spaces)
+                _add_space_output(run, ents, path)
                 continue
             if suffix in MAP_SUFFIXES and not desc and not space:
                 run.maps[suffix] = path
@@ -111,6 +133,22 @@ def find_runs(output_dir: str | Path, subject: str | None = None, layout=None) -
             run.sidecar = read_sidecar(run.maps["T1map"])
             runs.append(run)
     return runs
+
+
+def _add_space_output(run: RunDerivatives, ents: dict, path: Path) -> None:
+    """File the T1 map, synthetic T1w and brain mask of one space (other outputs are skipped)."""
+    suffix, desc = ents.get("suffix"), ents.get("desc")
+    role = {("T1map", None): "t1map", ("T1w", "synthetic"): "synthetic_t1w", ("mask", "brain"): "mask"}.get(
+        (suffix, desc))
+    if role is None:
+        return
+    cohort = re.search(r"_cohort-([a-zA-Z0-9]+)", path.name)  # not a pybids entity
+    found = SpaceDerivatives(str(ents["space"]), _text(ents.get("res")), cohort.group(1) if cohort else None)
+    setattr(run.spaces.setdefault(found.label, found), role, path)
+
+
+def _text(value: Any) -> str | None:
+    return None if value in (None, "") else str(value)
 
 
 def list_subjects(output_dir: str | Path) -> list[str]:

@@ -115,19 +115,24 @@ def display_range(name: str, data: np.ndarray, mask: np.ndarray) -> tuple[str, f
     return cmap, lo, max(hi, lo + 1e-6)
 
 
+def _anat(background: nib.Nifti1Image, ax, dim: float = -0.5, **kwargs):
+    """nilearn anatomical display on ``ax`` (no annotations, cross or colour bar; ``dim``)."""
+    from nilearn import plotting
+
+    return plotting.plot_anat(background, axes=ax, annotate=False, draw_cross=False, dim=dim,
+                              colorbar=False, **kwargs)
+
+
 def b1_registration(path: str | Path, background: nib.Nifti1Image, b1_qalas: nib.Nifti1Image,
                     b1_raw: nib.Nifti1Image | None = None) -> Path:
     """B1 over the QALAS image, before (raw grid) and after resampling, placed by affines."""
-    from nilearn import plotting
-
     panels = ([("B1 (raw grid, before resampling)", b1_raw)] if b1_raw is not None else []) + [
         ("B1 resampled to QALAS (relative)", b1_qalas)]
     fig = Figure(figsize=(9, 2.6 * len(panels)))
     FigureCanvasAgg(fig)
     for i, (title, img) in enumerate(panels):
         ax = fig.add_subplot(len(panels), 1, i + 1)
-        display = plotting.plot_anat(background, axes=ax, display_mode="ortho", title=title,
-                                     annotate=False, draw_cross=False, dim=-0.5, colorbar=False)
+        display = _anat(background, ax, display_mode="ortho", title=title)
         data = np.asarray(img.dataobj, dtype=np.float32)
         is_qalas_grid = img is b1_qalas
         img = nib.Nifti1Image(data, img.affine)  # raw famp maps are often int16
@@ -143,8 +148,6 @@ def b1_motion_overlay(path: str | Path, background: nib.Nifti1Image, magnitude: 
                       matrix: Sequence[Sequence[float]]) -> Path:
     """Outline of the B1 map's magnitude over QALAS, at its header position (before) and
     after the rigid registration (``matrix``: 4x4 RAS, QALAS world -> B1 world)."""
-    from nilearn import plotting
-
     data = np.asarray(magnitude.dataobj, dtype=np.float32)
     level = float(np.percentile(data, 99)) * 0.25
     placed = {"B1 magnitude at its header position (before registration)": magnitude.affine,
@@ -153,8 +156,7 @@ def b1_motion_overlay(path: str | Path, background: nib.Nifti1Image, magnitude: 
     FigureCanvasAgg(fig)
     for i, (title, affine) in enumerate(placed.items()):
         ax = fig.add_subplot(2, 1, i + 1)
-        display = plotting.plot_anat(background, axes=ax, display_mode="ortho", title=title,
-                                     annotate=False, draw_cross=False, dim=-0.5, colorbar=False)
+        display = _anat(background, ax, display_mode="ortho", title=title)
         display.add_contours(nib.Nifti1Image(data, affine), levels=[level], colors="r", linewidths=0.8)
     return _save(fig, Path(path))
 
@@ -170,17 +172,37 @@ def axial_cuts(mask: nib.Nifti1Image, n: int = 6) -> list[float]:
 def mask_outline(path: str | Path, background: nib.Nifti1Image, mask: nib.Nifti1Image,
                  head_mask: nib.Nifti1Image | None = None) -> Path:
     """Brain mask outline (red) and head mask outline (blue) over the QALAS image."""
-    from nilearn import plotting
-
     fig = Figure(figsize=(9, 2.6))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    display = plotting.plot_anat(background, axes=ax, display_mode="z", cut_coords=axial_cuts(mask),
-                                 annotate=False, draw_cross=False, dim=-0.5, colorbar=False)
+    display = _anat(background, ax, display_mode="z", cut_coords=axial_cuts(mask))
     if head_mask is not None:
         display.add_contours(head_mask, levels=[0.5], colors="b", linewidths=0.8)
     display.add_contours(mask, levels=[0.5], colors="r", linewidths=0.8)
     return _save(fig, Path(path))
+
+
+def registration_overlay(path: str | Path, moving: nib.Nifti1Image, target: nib.Nifti1Image,
+                         support: nib.Nifti1Image) -> Path:
+    """Edges of the registration target (red, nilearn's edge map) over the moving image
+    resampled into the target's space (fMRIPrep-style check): six axial slices spread over
+    ``support`` (the brain mask in that space) and an orthogonal view at its centre."""
+    fig = Figure(figsize=(9, 5.2))
+    FigureCanvasAgg(fig)
+    target = nib.Nifti1Image(np.nan_to_num(np.asarray(target.dataobj, dtype=np.float32)), target.affine)
+    for i, kwargs in enumerate(({"display_mode": "z", "cut_coords": axial_cuts(support, 8)[1:-1]},
+                                {"display_mode": "ortho", "cut_coords": _centre(support)})):
+        display = _anat(moving, fig.add_subplot(2, 1, i + 1), dim=0.0, **kwargs)
+        if np.any(target.dataobj):  # nilearn divides by the maximum
+            display.add_edges(target, color="r")
+    return _save(fig, Path(path))
+
+
+def _centre(mask: nib.Nifti1Image) -> tuple[float, float, float]:
+    """World coordinates (mm) of the centre of mass of a mask (image centre when empty)."""
+    data = np.asarray(mask.dataobj) > 0
+    ijk = np.argwhere(data).mean(axis=0) if data.any() else (np.asarray(data.shape) - 1) / 2
+    return tuple(float(v) for v in nib.affines.apply_affine(mask.affine, ijk))
 
 
 def fit_flags(path: str | Path, background: nib.Nifti1Image, flags: nib.Nifti1Image,
@@ -188,13 +210,11 @@ def fit_flags(path: str | Path, background: nib.Nifti1Image, flags: nib.Nifti1Im
     """Voxels at a parameter bound (yellow) and with a high residual (magenta) over the image
     (axial slices spread over ``mask``)."""
     from matplotlib.colors import ListedColormap
-    from nilearn import plotting
 
     fig = Figure(figsize=(9, 2.6))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    display = plotting.plot_anat(background, axes=ax, display_mode="z", cut_coords=axial_cuts(mask),
-                                 annotate=False, draw_cross=False, dim=-0.5, colorbar=False)
+    display = _anat(background, ax, display_mode="z", cut_coords=axial_cuts(mask))
     data = np.asarray(flags.dataobj, dtype=np.float32)
     if (data > 0).any():
         masked = np.ma.masked_equal(data, 0)  # 1 at a bound, 2 high residual, 3 both

@@ -27,6 +27,7 @@ from ..qalas.tissue.classes import LABELS
 from ..utils.nifti_io import read_image
 from . import figures
 from .collect import MAP_SUFFIXES, RunDerivatives, find_runs, read_sidecar
+from .targets import dataset_links, registration_target
 from .summaries import MAP_UNITS, TISSUES, LoadedRun, load_run, tissue_table
 
 LOGGER = logging.getLogger("qalas_bids.reports")
@@ -173,6 +174,7 @@ def _run_section(out_dir: Path, loaded: LoadedRun, bids_dir: Path | None, extra_
     fig = batch.add(figures.mosaic, _figure_path(out_dir, run, "maps", "T1map"), rows, mask_ras)
     parts.append("<h3 id='maps-" + _e(run.label) + "'>Quantitative maps</h3>" + _img(out_dir, fig, "T1, T2, PD, IE maps"))
     parts += _mask_and_b1_html(out_dir, loaded, bids_dir, batch)
+    parts += _registrations_html(out_dir, run, bids_dir, batch)
     parts.append(_uncertainty_html(out_dir, loaded, batch, ras, mask_ras))
     fig = batch.add(figures.tissue_histograms, _figure_path(out_dir, run, "histograms", "T1map"), loaded.maps,
                     loaded.labels, LABELS)
@@ -242,6 +244,47 @@ def _mask_and_b1_html(out_dir: Path, loaded: LoadedRun, bids_dir: Path | None,
     else:
         parts.append(f"<h3>B1+ map</h3><div class='warn'>No B1+ map was used: {_e(no_b1_bias_text())}</div>")
     return parts
+
+
+def _registrations_html(out_dir: Path, run: RunDerivatives, bids_dir: Path | None,
+                        batch: figures.FigureBatch) -> list[str]:
+    """One overlay per ``--output-spaces`` space: the target's edges on the resampled image."""
+    if not run.spaces:
+        return []
+    links = dataset_links(out_dir, bids_dir)
+    parts = ["<h3 id='spaces-" + _e(run.label) + "'>Output spaces (registration check)</h3>"]
+    for space in run.spaces.values():
+        moving = space.synthetic_t1w or space.t1map
+        target = registration_target(space, links)
+        title = f"<h4>{_e(space.label)}: {_e(target.name)}</h4>"
+        if moving is None or space.mask is None or target.path is None:
+            missing = target.reason or "the resampled T1 map or brain mask of this space was not found"
+            parts.append(title + f"<p class='note'>No overlay: {_e(missing)}.</p>")
+            continue
+        fig = batch.add(figures.registration_overlay,
+                        out_dir / derivative_path(run.entities, "T1w" if space.synthetic_t1w else "T1map",
+                                                  desc="registration", space=space.space, res=space.res,
+                                                  cohort=space.cohort, datatype="figures", extension=".png"),
+                        read_image(moving), read_image(target.path), read_image(space.mask))
+        parts.append(title + _img(out_dir, fig, f"registration to {space.label}")
+                     + f"<p class='note'>{_e(_registration_caption(out_dir, space, moving))}</p>")
+    return parts
+
+
+def _registration_caption(out_dir: Path, space, moving: Path) -> str:
+    """What the overlay shows and how the transform was obtained (from the sidecars)."""
+    image = "synthetic T1w" if "desc-synthetic" in moving.name else "T1 map"
+    text = (f"Background: the {image} resampled into {space.label}. Red: edges of the registration "
+            "target; they should follow the background's tissue boundaries.")
+    for uri in read_sidecar(moving).get("Transforms", []) or []:
+        xfm = read_sidecar(out_dir / str(uri).removeprefix("bids::"))
+        reg = xfm.get("Registration") or {}
+        text += f" Transform {str(uri).rsplit('/', 1)[-1]}: {xfm.get('Description', 'no sidecar')}"
+        if reg.get("Seconds") is not None:
+            metric = f", final metric {_number(reg['Metric'])}" if reg.get("Metric") is not None else ""
+            text += f" ({reg['Seconds']} s{metric})"
+        text += "."
+    return text
 
 
 def _uncertainty_html(out_dir: Path, loaded: LoadedRun, batch: figures.FigureBatch, ras, mask_ras) -> str:
