@@ -286,6 +286,42 @@ def table_names_and_values_ok(table) -> bool:
             and bool(table["T1_s_median"].between(0.5, 5.0).all()))
 
 
+def test_two_resolutions_of_one_template_share_one_registration(tmp_path, monkeypatch):
+    """res-1 and res-2 outputs of one template: registered once, one transform file named
+    once, both grids written (the transform is in world coordinates)."""
+    from qalas_bids.interfaces.spaces import ToOutputSpaces
+    from qalas_bids.qalas.spaces import registration as reg
+    from qalas_bids.qalas.spaces import to_spaces
+    from qalas_bids.testing.fake_derivatives import write_fake_derivatives
+
+    calls = []
+
+    def fake_registration(*args, **kwargs):
+        calls.append(args[2].shape)
+        return reg.RegistrationResult(reg.rigid_from_ras_matrix(np.eye(4)), -0.5, 1)
+
+    monkeypatch.setattr(to_spaces, "qalas_to_template", fake_registration)
+    paths = write_fake_derivatives(tmp_path / "out", resolution=3.0, with_b1=False, with_synthetic=False)["paths"]
+    maps = [str(paths[k]) for k in ("T1map", "T2map", "PDmap", "IEmap", "crlb_T1map", "crlb_T2map",
+                                    "crlb_PDmap", "crlb_IEmap", "residual")]
+    tpl = SHIPPED_DIR / "tpl-MNI152NLin2009cAsym"
+    templates = [{"label": "MNI152NLin2009cAsym", "space": "MNI152NLin2009cAsym", "res": res, "cohort": "",
+                  "t1w": str(tpl / f"tpl-MNI152NLin2009cAsym_res-0{res}_desc-brain_T1w.nii.gz"),
+                  "mask": str(tpl / f"tpl-MNI152NLin2009cAsym_res-0{res}_desc-brain_mask.nii.gz"),
+                  "resolution_text": f"Template MNI152NLin2009cAsym ({res} mm)", "t1w_to_template": ""}
+                 for res in ("2", "1")]
+    node = ToOutputSpaces(maps=maps, brain_mask=str(paths["mask"]), head_mask=str(paths["mask"]),
+                          entities={"subject": "01"}, templates=templates)
+    (tmp_path / "node").mkdir()
+    result = node.run(cwd=str(tmp_path / "node")).outputs
+    assert calls == [(97, 115, 97)]  # registered once, at the first requested resolution
+    assert result.xfm_paths == ["sub-01/anat/sub-01_from-QALAS_to-MNI152NLin2009cAsym_mode-image_xfm.h5"]
+    for res, shape in (("2", (97, 115, 97)), ("1", (193, 229, 193))):
+        name = f"sub-01/anat/sub-01_space-MNI152NLin2009cAsym_res-{res}_T1map.nii.gz"
+        assert nib.load(result.image_files[result.image_paths.index(name)]).shape == shape
+    assert result.info["MNI152NLin2009cAsym_res-1"]["Method"].startswith("the MNI152NLin2009cAsym_res-2 transform")
+
+
 # --------------------------------------------------------------------------- atlas tables
 def test_region_rows_use_reliable_voxels_only():
     from qalas_bids.qalas.tissue.regions import read_label_table, region_rows, rows_to_tsv

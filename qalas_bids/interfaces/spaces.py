@@ -185,8 +185,9 @@ class ToOutputSpaces(SimpleInterface):
             if self.inputs.write_t1w:
                 reference = self.inputs.t1w_reference if isdefined(self.inputs.t1w_reference) else ""
                 resample_all("T1w", t1w_img, rigid, [rigid_rel], {"SpatialReference": reference}, key="T1w")
-        for target in self.inputs.templates if isdefined(self.inputs.templates) else []:
-            tpl_img = nib.load(target["t1w"])
+
+        def register(target: dict, tpl_img, key: str):
+            """QALAS -> template transform (sMRIPrep's through the rigid step, or registered)."""
             start = time.perf_counter()
             if target.get("t1w_to_template"):
                 if rigid is None:
@@ -201,11 +202,22 @@ class ToOutputSpaces(SimpleInterface):
                                            seed=self.inputs.seed)
                 transform, metric, iterations = result.transform, result.metric, result.iterations
                 method = "affine + B-spline (40 mm mesh), Mattes mutual information (SimpleITK)"
-            key = target["label"] + (f"_res-{target['res']}" if target.get("res") else "")
             info[key] = {
                 "Method": method, "Metric": metric, "Iterations": iterations,
                 "Seconds": round(time.perf_counter() - start, 2)}
             rel = add_xfm(transform, target["label"], ".h5", f"QALAS -> {target['label']}: {method}", info[key])
+            return transform, rel, key
+
+        registered: dict[str, tuple] = {}  # template label -> (transform, file, key): one per template
+        for target in self.inputs.templates if isdefined(self.inputs.templates) else []:
+            tpl_img = nib.load(target["t1w"])
+            key = target["label"] + (f"_res-{target['res']}" if target.get("res") else "")
+            if target["label"] in registered:  # another resolution: the transform is in world mm
+                first = registered[target["label"]][2]
+                info[key] = {"Method": f"the {first} transform (same template)", "Seconds": 0.0}
+            else:
+                registered[target["label"]] = register(target, tpl_img, key)
+            transform, rel, _ = registered[target["label"]]
             resample_all(target["space"], tpl_img, transform, [rel],
                          {"Resolution": target["resolution_text"]}, res=target.get("res"),
                          cohort=target.get("cohort"), key=key)

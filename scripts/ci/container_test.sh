@@ -297,24 +297,27 @@ grep -qi "99" <<<"$bad_out" || fail "missing participant: the message does not n
 log "usage error: $(printf '%s' "$bad_out" | tail -n 1)"
 
 # ------------------------------------- template space, offline (--network none)
-# The whole 2 mm demo head (not the slab: a template registration needs the head), no
-# network at all: MNI152NLin2009cAsym must come from the image's TemplateFlow home, baked at
-# build time (offline build: the package's shipped files, qalas-bids-prefetch-templates --local).
+# The whole 2 mm demo head with its T1w and an sMRIPrep-like folder, no network at all:
+# MNI152NLin2009cAsym must come from the image's TemplateFlow home, baked at build time
+# (offline build: the package's shipped files, qalas-bids-prefetch-templates --local). With
+# --derivatives only the rigid QALAS -> T1w step is computed (the full template registration
+# is tested by pytest's e2e run); the report must draw both registration overlays.
 podman run --rm --entrypoint /bin/sh "$IMAGE:latest" -c \
     'test -s "$TEMPLATEFLOW_HOME/tpl-MNI152NLin2009cAsym/tpl-MNI152NLin2009cAsym_res-02_desc-brain_mask.nii.gz" \
      && test ! -e "$TEMPLATEFLOW_HOME/.qalas-bids-local-home"' \
     || fail "the image's TemplateFlow home (/opt/templateflow) lacks the baked MNI152NLin2009cAsym files"
 DATA3="$WORK/data-head"; OUT3="$WORK/out-spaces"; mkdir -p "$OUT3"; chown "$RUN_UID:$RUN_GID" "$OUT3"
 demo_py -c "from qalas_bids.cli.demo_data import main; main()" \
-    "$DATA3" --resolution 2 --snr 60 --seed 0 > "$WORK/demo3.log" 2>&1 \
+    "$DATA3" --resolution 2 --snr 60 --seed 0 --with-smriprep > "$WORK/demo3.log" 2>&1 \
     || { cat "$WORK/demo3.log" >&2; die "qalas-bids-demo-data failed (head for the spaces run)"; }
-rm -rf "$DATA3/derivatives"
+rm -rf "$DATA3/derivatives/groundtruth"
 chmod -R a+rX "$DATA3"
 T0=$SECONDS
 set +e
 podman run --rm --network none -u "$RUN_UID:$RUN_GID" -v "$DATA3:/data:ro" -v "$OUT3:/out" "$IMAGE" \
     /data /out participant --fit-mode pretrained --nprocs 2 --omp-nthreads 1 -w /out/work \
-    --output-spaces MNI152NLin2009cAsym:res-2 > "$WORK/run-spaces.log" 2>&1
+    --output-spaces T1w MNI152NLin2009cAsym:res-2 --derivatives smriprep=/data/derivatives/smriprep \
+    > "$WORK/run-spaces.log" 2>&1
 spaces_rc=$?
 set -e
 T_SPACES=$((SECONDS - T0))
@@ -322,9 +325,14 @@ if [ "$spaces_rc" -ne 0 ]; then
     tail -n 60 "$WORK/run-spaces.log" >&2
     fail "template-space run without network exited $spaces_rc (log above)"
 fi
-for suffix in T1map T2map PDmap IEmap; do
-    [ -s "$OUT3/sub-01/ses-01/anat/${prefix}_space-MNI152NLin2009cAsym_res-2_${suffix}.nii.gz" ] \
-        || fail "template-space run: missing ${prefix}_space-MNI152NLin2009cAsym_res-2_${suffix}.nii.gz"
+for space in space-T1w space-MNI152NLin2009cAsym_res-2; do
+    for suffix in T1map T2map PDmap IEmap; do
+        [ -s "$OUT3/sub-01/ses-01/anat/${prefix}_${space}_${suffix}.nii.gz" ] \
+            || fail "template-space run: missing ${prefix}_${space}_${suffix}.nii.gz"
+    done
+    figure="sub-01/figures/${prefix}_${space}_desc-registration_T1w.png"
+    [ -s "$OUT3/$figure" ] && grep -qF "$figure" "$OUT3/sub-01.html" \
+        || fail "template-space run: the report lacks the registration overlay $figure"
 done
 log "template space without network: ${T_SPACES}s"
 
