@@ -350,6 +350,15 @@ def detect_container(root: str | Path = "/", environ: Mapping[str, str] | None =
     return None
 
 
+def dataset_links(out_dir: str | Path) -> dict[str, str]:
+    """``DatasetLinks`` of ``out_dir/dataset_description.json`` ({} when missing or unreadable)."""
+    try:
+        links = json.loads((Path(out_dir) / "dataset_description.json").read_text()).get("DatasetLinks")
+        return dict(links or {})
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
+
+
 def write_dataset_description(out_dir: str | Path, bids_dir: str | Path,
                               derivatives: Mapping[str, str | Path] | None = None) -> Path:
     """Write ``out_dir/dataset_description.json`` (derivative, GeneratedBy, ``DatasetLinks``:
@@ -370,10 +379,7 @@ def write_dataset_description(out_dir: str | Path, bids_dir: str | Path,
         raw = {}
     if raw.get("DatasetDOI"):
         source["DOI"] = raw["DatasetDOI"]
-    try:
-        links = dict(json.loads((out_dir / "dataset_description.json").read_text()).get("DatasetLinks") or {})
-    except (OSError, ValueError, AttributeError):
-        links = {}
+    links = dataset_links(out_dir)
     links.update({str(name): Path(path).absolute().as_uri() for name, path in (derivatives or {}).items()})
     links["raw"] = bids_dir.as_uri()
     description = {

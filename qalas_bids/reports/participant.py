@@ -27,7 +27,7 @@ from ..qalas.tissue.classes import LABELS
 from ..utils.nifti_io import read_image
 from . import figures
 from .collect import MAP_SUFFIXES, RunDerivatives, find_runs, read_sidecar
-from .targets import dataset_links, registration_target
+from .targets import registration_target, report_links
 from .summaries import MAP_UNITS, TISSUES, LoadedRun, load_run, tissue_table
 
 LOGGER = logging.getLogger("qalas_bids.reports")
@@ -251,7 +251,7 @@ def _registrations_html(out_dir: Path, run: RunDerivatives, bids_dir: Path | Non
     """One overlay per ``--output-spaces`` space: the target's edges on the resampled image."""
     if not run.spaces:
         return []
-    links = dataset_links(out_dir, bids_dir)
+    links = report_links(out_dir, bids_dir)
     parts = ["<h3 id='spaces-" + _e(run.label) + "'>Output spaces (registration check)</h3>"]
     for space in run.spaces.values():
         moving = space.synthetic_t1w or space.t1map

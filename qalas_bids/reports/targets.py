@@ -7,11 +7,10 @@ Nothing is downloaded; a target that cannot be found is a sentence in the report
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..bids.derivatives import resolve_bids_uri
+from ..bids.derivatives import dataset_links, resolve_bids_uri
 from ..bids.templates import SHIPPED_DIR, SHIPPED_TEMPLATE, _has_real_files, template_files, user_template_home
 from ..qalas.errors import QalasInputError
 from .collect import SpaceDerivatives, read_sidecar
@@ -26,12 +25,9 @@ class RegistrationTarget:
     reason: str = ""
 
 
-def dataset_links(out_dir: Path, bids_dir: Path | None = None) -> dict[str, str]:
+def report_links(out_dir: Path, bids_dir: Path | None = None) -> dict[str, str]:
     """``DatasetLinks`` of the output folder (``raw`` replaced by ``bids_dir`` when given)."""
-    try:
-        links = dict(json.loads((out_dir / "dataset_description.json").read_text()).get("DatasetLinks") or {})
-    except (OSError, ValueError, AttributeError):
-        links = {}
+    links = dataset_links(out_dir)
     if bids_dir is not None:
         links["raw"] = str(bids_dir)
     return links
