@@ -22,6 +22,7 @@ from qalas_bids.demo.anatomical import write_moved_t1w
 from qalas_bids.qalas.phantom.digital_brain import make_digital_brain
 from qalas_bids.qalas.spaces import registration as reg
 from qalas_bids.qalas.spaces.to_spaces import qalas_to_t1w, qalas_to_template, registration_contrast
+from qalas_bids.testing.space_metrics import wm_dice
 
 
 def main() -> None:
@@ -67,8 +68,7 @@ def main() -> None:
     inside = reg.resample_array(brain.brain_mask.astype(np.uint8), brain.affine, dense, tpl.shape,
                                 tpl.affine, nearest=True) > 0
     results["resample_two_template_s"] = round(time.perf_counter() - start, 1)
-    wm_map = (t1 > 0) & (t1 < 1.0) & inside
-    results["wm_dice"] = float(2 * (wm_map & wm).sum() / (wm_map.sum() + wm.sum()))
+    results["wm_dice"] = wm_dice(t1, inside, wm)
     print(json.dumps(results, indent=1))
 
 

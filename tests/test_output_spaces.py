@@ -122,31 +122,46 @@ def test_template_api_get_in_a_fresh_process_without_network(tmp_path):
 
 
 # --------------------------------------------------------------------------- registration
-def test_rigid_registration_recovers_a_known_motion(tmp_path):
-    """QALAS -> T1w on a 3 mm digital brain moved by 16 deg / 16 mm: RMS error over the brain
-    well under a voxel, and the same seed gives the same transform."""
+#: Random poses of the rigid-registration test: rotations about x/y/z and shifts drawn
+#: uniformly in +-these (degrees, mm); T1w voxels of 2-3 mm.
+POSE_DEGREES, POSE_MM, N_POSES = 30.0, 20.0, 5
+
+
+def test_rigid_registration_recovers_random_poses(tmp_path):
+    """QALAS -> T1w on the 2 mm digital head (scalp, skull) moved by 5 random poses (up to 30
+    deg about each axis and 20 mm, T1w on 2-3 mm grids): RMS error over the brain (every 20th
+    voxel) well under a voxel for every pose (from the centres of mass alone, the descent
+    stopped 4-24 mm off on 4 of these 5 poses), and the same seed gives the same transform."""
     from qalas_bids.demo.anatomical import write_moved_t1w
     from qalas_bids.qalas.phantom.digital_brain import make_digital_brain
     from qalas_bids.qalas.spaces import registration as reg
     from qalas_bids.qalas.spaces.to_spaces import qalas_to_t1w, registration_contrast
 
-    reg.set_threads(1)
-    brain = make_digital_brain(resolution=3.0, snr=50.0, seed=3, anatomy="brain")
-    path = write_moved_t1w(tmp_path / "anat", "sub-01", brain, brain.affine, tmp_path / "gt", seed=3,
-                           voxel_mm=2.5)
-    truth = np.array(json.loads((tmp_path / "gt" / "sub-01_desc-T1wmotion_simulation.json").read_text())
-                     ["QalasToT1wWorld"])
-    t1w = nib.load(path)
+    reg.set_threads(1)  # bitwise reproducible; with more threads runs differ by ~1e-9 relative
+    brain = make_digital_brain(resolution=2.0, snr=60, anatomy="head")  # test_realistic_head's (cached)
     contrast = registration_contrast(brain.t1, brain.pd, brain.pd > 0)
-    results = [qalas_to_t1w(contrast, brain.affine, np.asarray(t1w.dataobj, np.float32), t1w.affine,
-                            seed=5) for _ in range(2)]
-    x = (brain.affine @ np.vstack([np.argwhere(brain.brain_mask).T, np.ones(brain.brain_mask.sum())]))[:3].T
-    y = x @ truth[:3, :3].T + truth[:3, 3]
-    errors = [np.sqrt(((reg.transform_points(r.transform, y) - x) ** 2).sum(1).mean()) for r in results]
-    assert errors[0] < 0.5, errors  # mm, target of the issue (voxels are 3 mm here)
-    assert results[0].transform.GetParameters() == results[1].transform.GetParameters()
+    x = (brain.affine @ np.vstack([np.argwhere(brain.brain_mask).T, np.ones(brain.brain_mask.sum())]))[:3].T[::20]
+    rng = np.random.default_rng(2026)
+    errors, offsets = [], []
+    for pose in range(N_POSES):
+        degrees = tuple(rng.uniform(-POSE_DEGREES, POSE_DEGREES, 3))
+        shift = tuple(rng.uniform(-POSE_MM, POSE_MM, 3))
+        folder = tmp_path / f"pose{pose}"
+        path = write_moved_t1w(folder, "sub-01", brain, brain.affine, folder, seed=pose,
+                               voxel_mm=float(rng.uniform(2.0, 3.0)), degrees=degrees, shift_mm=shift)
+        truth = np.array(json.loads((folder / "sub-01_desc-T1wmotion_simulation.json").read_text())
+                         ["QalasToT1wWorld"])
+        t1w = nib.load(path)
+        results = [qalas_to_t1w(contrast, brain.affine, np.asarray(t1w.dataobj, np.float32), t1w.affine,
+                                seed=5) for _ in range(2 if pose == 0 else 1)]
+        y = x @ truth[:3, :3].T + truth[:3, 3]
+        errors.append(np.sqrt(((reg.transform_points(results[0].transform, y) - x) ** 2).sum(1).mean()))
+        offsets.append(np.sqrt(((y - x) ** 2).sum(1).mean()))
+        if pose == 0:
+            assert results[0].transform.GetParameters() == results[1].transform.GetParameters()
+    assert max(errors) < 0.5, errors  # mm, target of the issue (voxels are 3 mm here)
     # the identity (no registration) would be far off: the test can fail
-    assert np.sqrt(((y - x) ** 2).sum(1).mean()) > 10
+    assert min(offsets) > 10, offsets
 
 
 def test_transform_files_round_trip_and_chain(tmp_path):
@@ -163,6 +178,81 @@ def test_transform_files_round_trip_and_chain(tmp_path):
     assert np.allclose(reg.transform_points(chained, pts), expected)
     path = reg.write_transform(chained, str(tmp_path / "x.h5"))
     assert np.allclose(reg.transform_points(reg.read_transform(path), pts), expected)
+
+
+def test_demons_refinement_recovers_a_smooth_warp():
+    """The template's 2 mm brain T1w warped by a known smooth field (3 mm peak): demons from
+    the identity recovers it (point error over the brain < 40 % of the warp, the warped image
+    closer to the fixed one), the field stays invertible (Jacobian > 0), and the result is
+    the demons field followed by the starting transform."""
+    import SimpleITK as sitk
+
+    from qalas_bids.qalas.spaces import registration as reg
+
+    reg.set_threads(1)
+    folder = SHIPPED_DIR / "tpl-MNI152NLin2009cAsym"
+    img = nib.load(folder / "tpl-MNI152NLin2009cAsym_res-02_desc-brain_T1w.nii.gz")
+    data = np.asarray(img.dataobj, np.float32)
+    fixed = reg.to_sitk(data, img.affine)
+    world = nib.affines.apply_affine(img.affine, np.indices(data.shape).reshape(3, -1).T)
+    # s(q): moving(q) = fixed(q + s(q)) (RAS mm), smooth (80 mm wavelength)
+    s = 3.0 * np.stack([np.sin(2 * np.pi * world[:, 1] / 80), np.cos(2 * np.pi * world[:, 2] / 80),
+                        np.sin(2 * np.pi * world[:, 0] / 80)], 1)
+    field = sitk_field(s.reshape(data.shape + (3,)), img.affine)
+    moving = sitk.Resample(fixed, fixed, sitk.DisplacementFieldTransform(field),
+                               sitk.sitkLinear, 0.0)
+    truth = sitk.DisplacementFieldTransform(sitk.InvertDisplacementField(
+        sitk_field(s.reshape(data.shape + (3,)), img.affine), maximumNumberOfIterations=50))
+    shift = reg.rigid_from_ras_matrix(np.eye(4))
+    refined = reg.refine_demons(fixed, moving, shift)
+    brain = np.argwhere(data > 0)[::50]
+    points = nib.affines.apply_affine(img.affine, brain)
+    expected = reg.transform_points(truth, points)
+    error = np.sqrt(((reg.transform_points(refined, points) - expected) ** 2).sum(1).mean())
+    before = np.sqrt(((points - expected) ** 2).sum(1).mean())
+    print(f"demons: {error:.2f} mm RMS from the true warp, {before:.2f} mm before")
+    assert before > 2.0 and error < 0.4 * before, (error, before)
+    inside = data > 0
+    warped = reg.resample_image(moving, refined, data.shape, img.affine)
+    start = reg.from_sitk(moving)
+    assert np.abs(warped - data)[inside].mean() < 0.6 * np.abs(start - data)[inside].mean()
+    parts = sitk.CompositeTransform(refined)
+    demons_field = parts.GetNthTransform(parts.GetNumberOfTransforms() - 1).Downcast()
+    assert demons_field.GetName() == "DisplacementFieldTransform"
+    jacobian = sitk.GetArrayFromImage(sitk.DisplacementFieldJacobianDeterminant(
+        demons_field.GetDisplacementField()))
+    assert jacobian.min() > 0
+
+
+def sitk_field(displacement_ras: np.ndarray, affine: np.ndarray):
+    """A SimpleITK displacement field (LPS vectors) from RAS displacements on ``affine``'s grid."""
+    import SimpleITK as sitk
+
+    from qalas_bids.qalas.spaces import registration as reg
+
+    lps = displacement_ras * np.array([-1.0, -1.0, 1.0])
+    field = sitk.GetImageFromArray(np.ascontiguousarray(lps.transpose(2, 1, 0, 3)), isVector=True)
+    field.CopyInformation(reg.to_sitk(displacement_ras[..., 0], affine))
+    return sitk.Cast(field, sitk.sitkVectorFloat64)
+
+
+def test_linear_chains_resample_through_one_affine():
+    """The rigid step chained with sMRIPrep's affine is composed into one affine (what the
+    resampling uses): same points as the chain; a chain with a field is sampled as a field."""
+    from qalas_bids.qalas.spaces import registration as reg
+
+    rot = np.eye(4)
+    rot[:3, :3] = [[0.98, -0.2, 0], [0.2, 0.98, 0], [0, 0, 1]]
+    shift = np.eye(4)
+    shift[:3, 3] = (5.0, -3.0, 2.0)
+    chained = reg.chain(reg.rigid_from_ras_matrix(rot), reg.rigid_from_ras_matrix(shift))
+    one = reg.resampling_transform(chained, (10, 10, 10), np.eye(4))
+    points = np.random.default_rng(0).uniform(-80, 80, (50, 3))
+    assert one.GetName() == "AffineTransform"
+    assert np.allclose(reg.transform_points(one, points), reg.transform_points(chained, points), atol=1e-9)
+    field = reg.dense_transform(reg.rigid_from_ras_matrix(shift), (10, 10, 10), np.eye(4))
+    dense = reg.resampling_transform(reg.chain(field, reg.rigid_from_ras_matrix(rot)), (10, 10, 10), np.eye(4))
+    assert dense.GetName() == "DisplacementFieldTransform"
 
 
 # --------------------------------------------------------------------------- names
@@ -233,6 +323,13 @@ def test_e2e_t1w_and_template_spaces_offline(tmp_path, monkeypatch, no_user_home
     rigid = reg.read_transform(str(anat / f"{prefix}from-QALAS_to-T1w_mode-image_xfm.txt"))
     rms = float(np.sqrt(((reg.transform_points(rigid, y) - x) ** 2).sum(1).mean()))
     assert rms <= 0.5, rms
+    # template registration (from the fitted maps): WM Dice (T1 < 1.0 s in the brain vs the
+    # shipped WM probability > 0.5) of the true T1 map through the written transform (the
+    # registration's own accuracy) and of the fitted map (SNR 30: also its noise)
+    from qalas_bids.testing.space_metrics import template_wm_dice
+
+    dice = template_wm_dice(anat / prefix, bids / f"derivatives/groundtruth/sub-01/ses-01/anat/{prefix}")
+    assert dice["true"] >= 0.85 and dice["fitted"] >= 0.8, dice
     # --derivatives: sMRIPrep's (known) T1w -> template transform is reused, only the rigid
     # step is computed; the written QALAS -> template transform matches the known mapping
     # (also a user segmentation through --atlases: left/right halves on the res-1 grid)

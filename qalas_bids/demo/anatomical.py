@@ -51,15 +51,18 @@ def mprage_like(brain: DigitalBrain) -> np.ndarray:
 
 
 def write_moved_t1w(anat_dir: Path, prefix: str, brain: DigitalBrain, qalas_affine: np.ndarray,
-                    truth_dir: Path, seed: int, voxel_mm: float = T1W_VOXEL_MM) -> Path:
-    """Write ``<prefix>_T1w.nii.gz`` (+ sidecar) moved by :func:`motion_matrix` about the head
-    centre, on a ``voxel_mm`` grid, and ``<prefix>_desc-T1wmotion_simulation.json`` (the true
-    QALAS -> T1w world mapping) under ``truth_dir``."""
+                    truth_dir: Path, seed: int, voxel_mm: float = T1W_VOXEL_MM,
+                    degrees: tuple[float, float, float] = MOTION_DEGREES,
+                    shift_mm: tuple[float, float, float] = MOTION_MM) -> Path:
+    """Write ``<prefix>_T1w.nii.gz`` (+ sidecar) moved by :func:`motion_matrix` (``degrees``
+    about x/y/z, then ``shift_mm``) about the head centre, on a ``voxel_mm`` grid, and
+    ``<prefix>_desc-T1wmotion_simulation.json`` (the true QALAS -> T1w world mapping) under
+    ``truth_dir``."""
     import nibabel as nib
 
     shape_q = np.array(brain.t1.shape)
     centre = (qalas_affine @ np.append((shape_q - 1) / 2, 1))[:3]
-    motion = motion_matrix(centre=centre)
+    motion = motion_matrix(degrees, shift_mm, centre=centre)
     extent = shape_q * np.linalg.norm(qalas_affine[:3, :3], axis=0)
     shape = tuple(int(np.ceil(e / voxel_mm)) + 4 for e in extent)
     affine = np.diag([voxel_mm] * 3 + [1.0])
@@ -83,8 +86,8 @@ def write_moved_t1w(anat_dir: Path, prefix: str, brain: DigitalBrain, qalas_affi
     truth_dir.mkdir(parents=True, exist_ok=True)
     (truth_dir / f"{prefix}_desc-T1wmotion_simulation.json").write_text(json.dumps({
         "Description": "true mapping of QALAS world coordinates (RAS mm) to T1w world coordinates",
-        "QalasToT1wWorld": motion.tolist(), "RotationDegreesXYZ": list(MOTION_DEGREES),
-        "TranslationMM": list(MOTION_MM), "RotationCentreMM": centre.tolist(),
+        "QalasToT1wWorld": motion.tolist(), "RotationDegreesXYZ": list(degrees),
+        "TranslationMM": list(shift_mm), "RotationCentreMM": centre.tolist(),
         "T1wVoxelMM": voxel_mm}, indent=2) + "\n")
     return path
 

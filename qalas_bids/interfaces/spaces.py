@@ -97,6 +97,15 @@ class ToOutputSpaces(SimpleInterface):
         reliable = reliable_voxels(brain, maps[0], maps[1], maps[3], maps[4], maps[8])[0]
         atlases = list(self.inputs.atlases) if isdefined(self.inputs.atlases) else []
         info: dict = {}
+        # moved by index below; NaN -> 0 once here, so linear resampling stays finite
+        images = [np.nan_to_num(a) for a in maps + synth] + [brain, head, reliable]
+        qalas_images: dict[int, object] = {}  # index in images -> SimpleITK image, made once per run
+
+        def move(index: int, transform, shape, affine, nearest: bool = False) -> np.ndarray:
+            if index not in qalas_images:
+                qalas_images[index] = reg.to_sitk(images[index], ref.affine)
+            moved = reg.resample_image(qalas_images[index], transform, shape, affine, nearest=nearest)
+            return moved.astype(np.uint8) if nearest else moved
 
         def add_xfm(transform, to: str, ext: str, description: str, registration: dict) -> str:
             rel = derivative_path(ents, "xfm", extension=ext, from_="QALAS", to=to, mode="image")
@@ -113,24 +122,21 @@ class ToOutputSpaces(SimpleInterface):
                          key: str = ""):
             shape, affine = ref_img.shape[:3], ref_img.affine
             moved_maps = {}
-            if transform.GetName() == "CompositeTransform":  # B-spline: evaluate it once
-                transform = reg.dense_transform(transform, shape, affine)
+            transform = reg.resampling_transform(transform, shape, affine)
             tag = f"{space}_{res or ''}_{cohort or ''}"
             meta = {"SkullStripped": False, "Sources": sources, "Transforms": [f"bids::{x}" for x in xfms],
                     "Interpolation": "linear", **extra}
-            for (suffix, desc), data in zip(MAP_NAMES + tuple((n, "synthetic") for n in synth_names),
-                                            maps + synth):
-                moved = reg.resample_array(data.astype(np.float32), ref.affine, transform, shape, affine)
+            for index, (suffix, desc) in enumerate(MAP_NAMES + tuple((n, "synthetic") for n in synth_names)):
+                moved = move(index, transform, shape, affine)
                 moved_maps[(suffix, desc)] = moved
-                path = save_like(np.nan_to_num(moved), ref_img,
+                path = save_like(moved, ref_img,
                                  os.path.join(runtime.cwd, f"{tag}_{suffix}_{desc}.nii.gz"))
                 out["image_files"].append(path)
                 out["image_paths"].append(derivative_path(ents, suffix, desc=desc, space=space,
                                                           res=res, cohort=cohort))
                 out["image_metadata"].append({**meta, **_map_description(suffix, desc)})
-            for (suffix, desc), data in zip(MASK_NAMES, (brain, head)):
-                moved = reg.resample_array(data.astype(np.uint8), ref.affine, transform, shape, affine,
-                                           nearest=True)
+            for offset, (suffix, desc) in enumerate(MASK_NAMES):
+                moved = move(len(maps) + len(synth) + offset, transform, shape, affine, nearest=True)
                 path = save_like(moved, ref_img, os.path.join(runtime.cwd, f"{tag}_{desc}_mask.nii.gz"),
                                  dtype=np.uint8)
                 out["mask_files"].append(path)
@@ -139,8 +145,7 @@ class ToOutputSpaces(SimpleInterface):
                 out["mask_metadata"].append({**meta, "Interpolation": "nearest neighbour",
                                              **({"Type": "Brain"} if desc == "brain" else {})})
             for atlas in (a for a in atlases if a["space_key"] == key):
-                use = reg.resample_array(reliable.astype(np.uint8), ref.affine, transform, shape, affine,
-                                         nearest=True) > 0
+                use = move(len(images) - 1, transform, shape, affine, nearest=True) > 0
                 write_table(atlas, ref_img, moved_maps, use, space, res, cohort, meta)
 
         def write_table(atlas, ref_img, moved, use, space, res, cohort, meta):
@@ -201,7 +206,8 @@ class ToOutputSpaces(SimpleInterface):
                                            np.asarray(tpl_img.dataobj, np.float32), mask, tpl_img.affine,
                                            seed=self.inputs.seed)
                 transform, metric, iterations = result.transform, result.metric, result.iterations
-                method = "affine + B-spline (40 mm mesh), Mattes mutual information (SimpleITK)"
+                method = ("affine + B-spline (40 mm mesh), Mattes mutual information, then "
+                          "diffeomorphic demons (SimpleITK)")
             info[key] = {
                 "Method": method, "Metric": metric, "Iterations": iterations,
                 "Seconds": round(time.perf_counter() - start, 2)}

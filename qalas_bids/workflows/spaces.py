@@ -35,7 +35,8 @@ def init_spaces_wf(*, run, settings, name: str = "spaces_wf"):
         + (", ".join(str(t.space) for t in space_inputs.templates) + (
             f" (through the T1w-to-template transforms of {reuse})" if reuse else
             " (affine then B-spline free-form deformation of a synthetic T1w, brain-extracted, "
-            "Mattes mutual information, SimpleITK)") if space_inputs.templates else "")
+            "Mattes mutual information, then diffeomorphic demons on the histogram-matched image; "
+            "SimpleITK)") if space_inputs.templates else "")
         + "; maps were resampled with linear and masks with nearest-neighbour interpolation "
           "(templates from TemplateFlow).")
     inputnode = pe.Node(niu.IdentityInterface(

@@ -5,15 +5,16 @@ registrations and the chains of transforms (arrays and SimpleITK transforms; no 
   included, like the T1w) to the session's T1w.
 - QALAS -> template: either sMRIPrep's T1w -> template transform chained after the rigid
   step, or affine + B-spline (Mattes MI) from the brain-extracted contrast to the template's
-  brain T1w (:func:`register_affine_bspline`).
+  brain T1w (:func:`register_affine_bspline`), refined by diffeomorphic demons
+  (:func:`refine_demons`).
 """
 from __future__ import annotations
 
 import numpy as np
 import SimpleITK as sitk
 
-from .registration import (RegistrationResult, chain, register_affine_bspline, register_rigid,
-                           single_transform, to_sitk)
+from .registration import (RegistrationResult, chain, refine_demons, register_affine_bspline,
+                           register_rigid, single_transform, to_sitk)
 
 #: Inversion and repetition times (s) of the MPRAGE-like registration contrast.
 CONTRAST_TI_S, CONTRAST_TR_S = 0.9, 2.3
@@ -41,12 +42,14 @@ def qalas_to_t1w(contrast: np.ndarray, qalas_affine: np.ndarray, t1w: np.ndarray
 def qalas_to_template(brain_contrast: np.ndarray, qalas_affine: np.ndarray, template: np.ndarray,
                       template_mask: np.ndarray, template_affine: np.ndarray, *,
                       seed: int = 0) -> RegistrationResult:
-    """Affine + B-spline transform mapping template points to QALAS points; both images
-    brain-extracted (the template by its brain mask)."""
+    """Affine + B-spline + demons transform mapping template points to QALAS points; both
+    images brain-extracted (the template by its brain mask). The metric and iterations are
+    the B-spline step's."""
     fixed = to_sitk(np.where(template_mask > 0, template, 0).astype(np.float32), template_affine)
     mask = to_sitk((template_mask > 0).astype(np.float32), template_affine)
-    return register_affine_bspline(fixed, to_sitk(brain_contrast, qalas_affine), seed=seed,
-                                   fixed_mask=mask)
+    moving = to_sitk(brain_contrast, qalas_affine)
+    result = register_affine_bspline(fixed, moving, seed=seed, fixed_mask=mask)
+    return RegistrationResult(refine_demons(fixed, moving, result.transform), result.metric, result.iterations)
 
 
 def template_via_t1w(t1w_to_template: sitk.Transform, qalas_to_t1w_rigid: sitk.Transform) -> sitk.Transform:
