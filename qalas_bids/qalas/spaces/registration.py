@@ -85,9 +85,10 @@ def _search_rotations(fixed: sitk.Image, moving: sitk.Image, start: sitk.Euler3D
                       fixed_mask: sitk.Image | None) -> sitk.Euler3DTransform:
     """``start`` with the best rotation of a grid of ``+-ROTATION_SEARCH_DEGREES`` in
     ``ROTATION_SEARCH_STEP_DEGREES`` steps about each axis (5^3 = 125 Mattes MI evaluations
-    at about 8 mm, 0.1-0.3 s), so that the gradient descent starts inside the capture range
-    of the right pose: from the centres of mass alone it stopped 5-23 mm off on 5 of 8
-    random poses of 10-20 degrees (docs/spaces.md)."""
+    at about 8 mm; 0.2 s at 2 mm, 0.6 s at 1 mm), so that the gradient descent starts inside
+    the capture range of the right pose: from the centres of mass alone it stopped 4-24 mm
+    off on 4 of the 5 random poses (up to 30 degrees, 20 mm) of the digital head that
+    ``tests/test_output_spaces.py`` draws (docs/spaces.md)."""
     def coarse(image: sitk.Image) -> sitk.Image:  # recursive Gaussian, then block averages
         factor = max(1, int(round(ROTATION_SEARCH_MM / min(image.GetSpacing()))))
         smooth = sitk.SmoothingRecursiveGaussian(image, ROTATION_SEARCH_SMOOTHING_MM)
