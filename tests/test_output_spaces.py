@@ -184,7 +184,7 @@ def test_demons_refinement_recovers_a_smooth_warp():
     """The template's 2 mm brain T1w warped by a known smooth field (3 mm peak): demons from
     the identity recovers it (point error over the brain < 40 % of the warp, the warped image
     closer to the fixed one), the field stays invertible (Jacobian > 0), and the result is
-    the demons field followed by the starting transform."""
+    the demons field followed by the starting transform; an inverted contrast is refused."""
     import SimpleITK as sitk
 
     from qalas_bids.qalas.spaces import registration as reg
@@ -203,8 +203,10 @@ def test_demons_refinement_recovers_a_smooth_warp():
                                sitk.sitkLinear, 0.0)
     truth = sitk.DisplacementFieldTransform(sitk.InvertDisplacementField(
         sitk_field(s.reshape(data.shape + (3,)), img.affine), maximumNumberOfIterations=50))
-    shift = reg.rigid_from_ras_matrix(np.eye(4))
-    refined = reg.refine_demons(fixed, moving, shift)
+    identity = reg.rigid_from_ras_matrix(np.eye(4))
+    result = reg.refine_demons(fixed, moving, identity)
+    assert result.note.startswith("demons kept"), result.note
+    refined = result.transform
     brain = np.argwhere(data > 0)[::50]
     points = nib.affines.apply_affine(img.affine, brain)
     expected = reg.transform_points(truth, points)
@@ -222,6 +224,11 @@ def test_demons_refinement_recovers_a_smooth_warp():
     jacobian = sitk.GetArrayFromImage(sitk.DisplacementFieldJacobianDeterminant(
         demons_field.GetDisplacementField()))
     assert jacobian.min() > 0
+    # a contrast that is not a monotonic function of the fixed one (inverted, already aligned):
+    # demons would warp it away; the mutual-information check keeps the starting transform
+    inverted = reg.to_sitk(np.where(data > 0, data.max() - data, 0), img.affine)
+    rejected = reg.refine_demons(fixed, inverted, identity)
+    assert rejected.note.startswith("demons rejected") and rejected.transform is identity, rejected.note
 
 
 @pytest.mark.slow

@@ -207,7 +207,7 @@ class ToOutputSpaces(SimpleInterface):
                                            seed=self.inputs.seed)
                 transform, metric, iterations = result.transform, result.metric, result.iterations
                 method = ("affine + B-spline (40 mm mesh), Mattes mutual information, then "
-                          "diffeomorphic demons (SimpleITK)")
+                          f"diffeomorphic demons (SimpleITK); {result.note}")
             info[key] = {
                 "Method": method, "Metric": metric, "Iterations": iterations,
                 "Seconds": round(time.perf_counter() - start, 2)}

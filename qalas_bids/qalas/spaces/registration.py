@@ -50,11 +50,13 @@ def set_threads(n: int) -> None:
 
 @dataclass(frozen=True)
 class RegistrationResult:
-    """A transform (fixed -> moving points) with the final metric value."""
+    """A transform (fixed -> moving points) with the final metric value; ``note`` says what a
+    last step did (e.g. a refinement kept or rejected), empty when there is nothing to say."""
 
     transform: sitk.Transform
     metric: float
     iterations: int
+    note: str = ""
 
 
 def _method(seed: int, sampling: float, bins: int = 32) -> sitk.ImageRegistrationMethod:
@@ -220,14 +222,33 @@ def register_affine_bspline(fixed: sitk.Image, moving: sitk.Image, *, seed: int 
 DEMONS_ITERATIONS, DEMONS_SMOOTHING_MM, DEMONS_FINEST_MM = (30, 20, 10), 1.5, 2.0
 
 
-def refine_demons(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform) -> sitk.Transform:
-    """``transform`` (fixed -> moving points) refined by a dense diffeomorphic demons field.
+def mutual_information(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform,
+                       fixed_mask: sitk.Image | None = None) -> float:
+    """Mattes MI (SimpleITK's sign: lower is better) of ``moving`` through ``transform`` over
+    every voxel of ``fixed`` (inside ``fixed_mask``). ``moving`` is resampled onto the fixed
+    grid first (ITK's metric refuses a displacement field on another grid)."""
+    resampled = sitk.Resample(moving, fixed, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    reg = _method(0, 1.0)
+    reg.SetMetricSamplingStrategy(reg.NONE)
+    if fixed_mask is not None:
+        reg.SetMetricFixedMask(sitk.Cast(fixed_mask > 0, sitk.sitkUInt8))
+    reg.SetInitialTransform(sitk.Euler3DTransform(), inPlace=False)
+    return float(reg.MetricEvaluate(sitk.Cast(fixed, sitk.sitkFloat32), resampled))
+
+
+def refine_demons(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform,
+                  fixed_mask: sitk.Image | None = None) -> RegistrationResult:
+    """``transform`` (fixed -> moving points) refined by a dense diffeomorphic demons field,
+    kept only where it raises the mutual information.
 
     ``moving`` is resampled through ``transform`` onto the fixed grid (coarsened to
     ``DEMONS_FINEST_MM``), its histogram matched to the fixed image (both brain-extracted
     T1w-like contrasts), and diffeomorphic demons (Vercauteren 2009) estimates a smooth
-    displacement ``u`` with ``warped(p + u(p)) ~ fixed(p)``; the result maps ``p`` to
-    ``transform(p + u(p))``. Deterministic (no sampling)."""
+    displacement ``u`` with ``warped(p + u(p)) ~ fixed(p)``; the refined transform maps
+    ``p`` to ``transform(p + u(p))``. Demons matches intensities, so a contrast that is not a
+    monotonic function of the fixed one misleads it (an inverted contrast: WM Dice 0.84 ->
+    0.42): the refinement is kept only if Mattes MI over every voxel improves, else
+    ``transform`` is returned with a note. Deterministic (no sampling)."""
     step = max(DEMONS_FINEST_MM, min(fixed.GetSpacing()))
     size = [max(1, int(round(n * s / step))) for n, s in zip(fixed.GetSize(), fixed.GetSpacing())]
     grid = sitk.Resample(fixed, size, sitk.Transform(), sitk.sitkLinear, fixed.GetOrigin(), (step,) * 3,
@@ -248,7 +269,14 @@ def refine_demons(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transfo
         demons.SetStandardDeviations(DEMONS_SMOOTHING_MM)
         field = demons.Execute(level_fixed, level_moving, start)
     field = sitk.Resample(field, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkVectorFloat64)
-    return chain(sitk.DisplacementFieldTransform(field), transform)
+    refined = chain(sitk.DisplacementFieldTransform(field), transform)
+    before = mutual_information(fixed, moving, transform, fixed_mask)
+    after = mutual_information(fixed, moving, refined, fixed_mask)
+    if after < before:
+        return RegistrationResult(refined, after, sum(DEMONS_ITERATIONS),
+                                  f"demons kept: mutual information {before:.3f} -> {after:.3f}")
+    return RegistrationResult(transform, before, 0, f"demons rejected (mutual information {before:.3f} -> "
+                                                    f"{after:.3f}): the B-spline result is kept")
 
 
 def single_transform(transform: sitk.Transform) -> sitk.Transform:

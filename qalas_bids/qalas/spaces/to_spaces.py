@@ -43,13 +43,15 @@ def qalas_to_template(brain_contrast: np.ndarray, qalas_affine: np.ndarray, temp
                       template_mask: np.ndarray, template_affine: np.ndarray, *,
                       seed: int = 0) -> RegistrationResult:
     """Affine + B-spline + demons transform mapping template points to QALAS points; both
-    images brain-extracted (the template by its brain mask). The metric and iterations are
-    the B-spline step's."""
+    images brain-extracted (the template by its brain mask). The metric is the final Mattes
+    MI over every template brain voxel; ``note`` says whether the demons step was kept."""
     fixed = to_sitk(np.where(template_mask > 0, template, 0).astype(np.float32), template_affine)
     mask = to_sitk((template_mask > 0).astype(np.float32), template_affine)
     moving = to_sitk(brain_contrast, qalas_affine)
     result = register_affine_bspline(fixed, moving, seed=seed, fixed_mask=mask)
-    return RegistrationResult(refine_demons(fixed, moving, result.transform), result.metric, result.iterations)
+    refined = refine_demons(fixed, moving, result.transform, fixed_mask=mask)
+    return RegistrationResult(refined.transform, refined.metric, result.iterations + refined.iterations,
+                              refined.note)
 
 
 def template_via_t1w(t1w_to_template: sitk.Transform, qalas_to_t1w_rigid: sitk.Transform) -> sitk.Transform:
