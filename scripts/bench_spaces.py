@@ -22,7 +22,7 @@ from qalas_bids.demo.anatomical import write_moved_t1w
 from qalas_bids.qalas.phantom.digital_brain import make_digital_brain
 from qalas_bids.qalas.spaces import registration as reg
 from qalas_bids.qalas.spaces.to_spaces import qalas_to_t1w, qalas_to_template, registration_contrast
-from qalas_bids.testing.space_metrics import wm_dice
+from qalas_bids.testing.space_metrics import shipped_wm, wm_dice
 
 
 def main() -> None:
@@ -55,7 +55,7 @@ def main() -> None:
     stem = f"tpl-{SHIPPED_TEMPLATE}_res-0{args.template_res}_"
     tpl = nib.load(folder / f"{stem}desc-brain_T1w.nii.gz")
     mask = np.asarray(nib.load(folder / f"{stem}desc-brain_mask.nii.gz").dataobj)
-    wm = np.asarray(nib.load(folder / f"{stem}label-WM_probseg.nii.gz").dataobj) > 0.5
+    wm = shipped_wm(int(args.template_res))
     start = time.perf_counter()
     result = qalas_to_template(np.where(brain.brain_mask, contrast, 0), brain.affine,
                                np.asarray(tpl.dataobj, np.float32), mask, tpl.affine)

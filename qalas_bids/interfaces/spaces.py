@@ -97,14 +97,16 @@ class ToOutputSpaces(SimpleInterface):
         reliable = reliable_voxels(brain, maps[0], maps[1], maps[3], maps[4], maps[8])[0]
         atlases = list(self.inputs.atlases) if isdefined(self.inputs.atlases) else []
         info: dict = {}
-        # moved by index below; NaN -> 0 once here, so linear resampling stays finite
-        images = [np.nan_to_num(a) for a in maps + synth] + [brain, head, reliable]
-        qalas_images: dict[int, object] = {}  # index in images -> SimpleITK image, made once per run
+        image_names = MAP_NAMES + tuple((n, "synthetic") for n in synth_names)
+        # images by (suffix, desc); NaN -> 0 once here, so linear resampling stays finite
+        images = {**{name: np.nan_to_num(a) for name, a in zip(image_names, maps + synth)},
+                  **dict(zip(MASK_NAMES, (brain, head))), "reliable": reliable}
+        qalas_images: dict = {}  # the same keys -> SimpleITK image, made once per run
 
-        def move(index: int, transform, shape, affine, nearest: bool = False) -> np.ndarray:
-            if index not in qalas_images:
-                qalas_images[index] = reg.to_sitk(images[index], ref.affine)
-            moved = reg.resample_image(qalas_images[index], transform, shape, affine, nearest=nearest)
+        def move(name, transform, shape, affine, nearest: bool = False) -> np.ndarray:
+            if name not in qalas_images:
+                qalas_images[name] = reg.to_sitk(images[name], ref.affine)
+            moved = reg.resample_image(qalas_images[name], transform, shape, affine, nearest=nearest)
             return moved.astype(np.uint8) if nearest else moved
 
         def add_xfm(transform, to: str, ext: str, description: str, registration: dict) -> str:
@@ -126,8 +128,8 @@ class ToOutputSpaces(SimpleInterface):
             tag = f"{space}_{res or ''}_{cohort or ''}"
             meta = {"SkullStripped": False, "Sources": sources, "Transforms": [f"bids::{x}" for x in xfms],
                     "Interpolation": "linear", **extra}
-            for index, (suffix, desc) in enumerate(MAP_NAMES + tuple((n, "synthetic") for n in synth_names)):
-                moved = move(index, transform, shape, affine)
+            for suffix, desc in image_names:
+                moved = move((suffix, desc), transform, shape, affine)
                 moved_maps[(suffix, desc)] = moved
                 path = save_like(moved, ref_img,
                                  os.path.join(runtime.cwd, f"{tag}_{suffix}_{desc}.nii.gz"))
@@ -135,8 +137,8 @@ class ToOutputSpaces(SimpleInterface):
                 out["image_paths"].append(derivative_path(ents, suffix, desc=desc, space=space,
                                                           res=res, cohort=cohort))
                 out["image_metadata"].append({**meta, **_map_description(suffix, desc)})
-            for offset, (suffix, desc) in enumerate(MASK_NAMES):
-                moved = move(len(maps) + len(synth) + offset, transform, shape, affine, nearest=True)
+            for suffix, desc in MASK_NAMES:
+                moved = move((suffix, desc), transform, shape, affine, nearest=True)
                 path = save_like(moved, ref_img, os.path.join(runtime.cwd, f"{tag}_{desc}_mask.nii.gz"),
                                  dtype=np.uint8)
                 out["mask_files"].append(path)
@@ -145,7 +147,7 @@ class ToOutputSpaces(SimpleInterface):
                 out["mask_metadata"].append({**meta, "Interpolation": "nearest neighbour",
                                              **({"Type": "Brain"} if desc == "brain" else {})})
             for atlas in (a for a in atlases if a["space_key"] == key):
-                use = move(len(images) - 1, transform, shape, affine, nearest=True) > 0
+                use = move("reliable", transform, shape, affine, nearest=True) > 0
                 write_table(atlas, ref_img, moved_maps, use, space, res, cohort, meta)
 
         def write_table(atlas, ref_img, moved, use, space, res, cohort, meta):

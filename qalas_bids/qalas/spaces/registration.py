@@ -77,6 +77,14 @@ def _masked(image: sitk.Image, mask: sitk.Image | None) -> sitk.Image:
     return image if mask is None else sitk.Mask(image, sitk.Cast(mask > 0, sitk.sitkUInt8))
 
 
+def _mask_on(mask: sitk.Image | None, grid: sitk.Image) -> sitk.Image | None:
+    """``mask > 0`` (uint8) on ``grid``'s voxels by nearest neighbour (None stays None)."""
+    if mask is None:
+        return None
+    return sitk.Resample(sitk.Cast(mask > 0, sitk.sitkUInt8), grid, sitk.Transform(),
+                         sitk.sitkNearestNeighbor, 0)
+
+
 #: Start of every rigid registration: rotations searched on a grid (degrees about x/y/z) at a
 #: coarse resolution (mm, Gaussian smoothing mm), all voxels sampled.
 ROTATION_SEARCH_DEGREES, ROTATION_SEARCH_STEP_DEGREES = 30.0, 15.0
@@ -100,9 +108,7 @@ def _search_rotations(fixed: sitk.Image, moving: sitk.Image, start: sitk.Euler3D
     reg.SetMetricSamplingStrategy(reg.NONE)  # every voxel: the search itself is deterministic
     fixed_coarse = coarse(fixed)
     if fixed_mask is not None:
-        mask = sitk.Resample(sitk.Cast(fixed_mask > 0, sitk.sitkUInt8), fixed_coarse,
-                             sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-        reg.SetMetricFixedMask(mask)
+        reg.SetMetricFixedMask(_mask_on(fixed_mask, fixed_coarse))
     steps = int(round(ROTATION_SEARCH_DEGREES / ROTATION_SEARCH_STEP_DEGREES))
     reg.SetOptimizerAsExhaustive([steps, steps, steps, 0, 0, 0],
                                  stepLength=float(np.deg2rad(ROTATION_SEARCH_STEP_DEGREES)))
@@ -135,12 +141,7 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, *, seed: int = 0,
 
         fixed = block_average(fixed, finest_mm)
         moving = block_average(moving, finest_mm / 1.5)
-        if fixed_mask is not None:
-            fixed_mask = sitk.Resample(sitk.Cast(fixed_mask > 0, sitk.sitkUInt8), fixed, sitk.Transform(),
-                                       sitk.sitkNearestNeighbor, 0)
-        if moving_mask is not None:
-            moving_mask = sitk.Resample(sitk.Cast(moving_mask > 0, sitk.sitkUInt8), moving, sitk.Transform(),
-                                        sitk.sitkNearestNeighbor, 0)
+        fixed_mask, moving_mask = _mask_on(fixed_mask, fixed), _mask_on(moving_mask, moving)
         base_shrink = 1
     moving_input = _masked(moving, moving_mask)
     initial = sitk.CenteredTransformInitializer(
