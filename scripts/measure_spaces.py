@@ -54,7 +54,8 @@ def main() -> None:
     print(f"QALAS->T1w RMS error over the brain: {np.sqrt((d ** 2).sum(1).mean()):.4f} mm")
     tpl = nib.load(an + "space-MNI152NLin2009cAsym_res-2_T1map.nii.gz")
     dice = template_wm_dice(an, gt + "run-1_")
-    print(f"template WM Dice: fitted map {dice['fitted']:.3f}, true map through the transform {dice['true']:.3f}")
+    print(f"template WM Dice: fitted map {dice['fitted']:.3f}, true map through the transform {dice['true']:.3f}, "
+          f"unbiased estimator at the CRLB {dice['oracle']:.3f}")
     tx = reg.read_transform(an + "from-QALAS_to-MNI152NLin2009cAsym_mode-image_xfm.h5")
     if args.derivatives:
         known = np.array(json.load(open(gt + "desc-templatexfm_simulation.json"))["TemplateToQalasWorld"])

@@ -3,6 +3,7 @@ recovering a known motion, names and sidecars, and one slow end-to-end run."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import socket
 import subprocess
@@ -180,7 +181,7 @@ def test_transform_files_round_trip_and_chain(tmp_path):
     assert np.allclose(reg.transform_points(reg.read_transform(path), pts), expected)
 
 
-def test_demons_refinement_recovers_a_smooth_warp():
+def test_demons_refinement_recovers_a_smooth_warp(caplog):
     """The template's 2 mm brain T1w warped by a known smooth field (3 mm peak): demons from
     the identity recovers it (point error over the brain < 40 % of the warp, the warped image
     closer to the fixed one), the field stays invertible (Jacobian > 0), and the result is
@@ -227,8 +228,10 @@ def test_demons_refinement_recovers_a_smooth_warp():
     # a contrast that is not a monotonic function of the fixed one (inverted, already aligned):
     # demons would warp it away; the mutual-information check keeps the starting transform
     inverted = reg.to_sitk(np.where(data > 0, data.max() - data, 0), img.affine)
-    rejected = reg.refine_demons(fixed, inverted, identity)
+    with caplog.at_level(logging.WARNING, logger="qalas_bids"):
+        rejected = reg.refine_demons(fixed, inverted, identity)
     assert rejected.note.startswith("demons rejected") and rejected.transform is identity, rejected.note
+    assert any("demons rejected" in r.getMessage() for r in caplog.records), caplog.text
 
 
 @pytest.mark.slow
@@ -366,11 +369,13 @@ def test_e2e_t1w_and_template_spaces_offline(tmp_path, monkeypatch, no_user_home
     assert rms <= 0.5, rms
     # template registration (from the fitted maps): WM Dice (T1 < 1.0 s in the brain vs the
     # shipped WM probability > 0.5) of the true T1 map through the written transform (the
-    # registration's own accuracy) and of the fitted map (SNR 30: also its noise)
+    # registration's own accuracy) and of the fitted map (SNR 30: also its noise), which is
+    # no worse than an unbiased map at the CRLB (the truth plus the run's CRLB noise: 0.809
+    # vs fitted 0.822 in docs/spaces.md)
     from qalas_bids.testing.space_metrics import template_wm_dice
 
     dice = template_wm_dice(anat / prefix, bids / f"derivatives/groundtruth/sub-01/ses-01/anat/{prefix}")
-    assert dice["true"] >= 0.85 and dice["fitted"] >= 0.8, dice
+    assert dice["true"] >= 0.85 and dice["fitted"] >= 0.8 and dice["fitted"] >= dice["oracle"] - 0.02, dice
     # --derivatives: sMRIPrep's (known) T1w -> template transform is reused, only the rigid
     # step is computed; the written QALAS -> template transform matches the known mapping
     # (also a user segmentation through --atlases: left/right halves on the res-1 grid)

@@ -4,7 +4,9 @@ WM Dice = Dice of ``T1 < 1.0 s`` inside the brain (in the template grid) against
 MNI152NLin2009cAsym WM probability ``> 0.5`` (a stand-in for TemplateFlow's; see
 ``scripts/make_shipped_template.py``). Two numbers per run: the *true* T1 map resampled
 through the run's written QALAS -> template transform (the registration's own accuracy) and
-the *fitted* map the run wrote (registration plus the map's noise).
+the *fitted* map the run wrote (registration plus the map's noise), and an *oracle*: the
+true map plus Gaussian noise of the run's own CRLB SD map on the QALAS grid (an unbiased
+estimator at the Cramér-Rao bound), moved the same way: what the map's noise alone costs.
 """
 from __future__ import annotations
 
@@ -35,8 +37,9 @@ def wm_dice(t1_s: np.ndarray, brain: np.ndarray, wm: np.ndarray) -> float:
     return float(2 * (white & wm).sum() / (white.sum() + wm.sum()))
 
 
-def template_wm_dice(run_prefix: str | Path, truth_prefix: str | Path) -> dict[str, float]:
-    """``{"true", "fitted"}`` WM Dice in MNI152NLin2009cAsym res-2 of one run.
+def template_wm_dice(run_prefix: str | Path, truth_prefix: str | Path, seed: int = 0) -> dict[str, float]:
+    """``{"true", "fitted", "oracle"}`` WM Dice in MNI152NLin2009cAsym res-2 of one run
+    (``seed``: the oracle's noise).
 
     ``run_prefix``: the run's output path up to ``run-1_`` (``.../anat/sub-01_ses-01_run-1_``);
     ``truth_prefix``: the same in ``derivatives/groundtruth``."""
@@ -46,11 +49,16 @@ def template_wm_dice(run_prefix: str | Path, truth_prefix: str | Path) -> dict[s
     transform = reg.read_transform(f"{run_prefix}from-QALAS_to-{SHIPPED_TEMPLATE}_mode-image_xfm.h5")
     truth = nib.load(f"{truth_prefix}T1map.nii.gz")
     labels = np.asarray(nib.load(f"{truth_prefix}desc-tissue_dseg.nii.gz").dataobj)
-    true_t1 = reg.resample_array(np.asarray(truth.dataobj, np.float32), truth.affine, transform,
-                                 fitted.shape, fitted.affine)
+    truth_t1 = np.asarray(truth.dataobj, np.float32)
+    true_t1 = reg.resample_array(truth_t1, truth.affine, transform, fitted.shape, fitted.affine)
+    crlb = np.asarray(nib.load(f"{run_prefix}desc-crlb_T1map.nii.gz").dataobj, np.float32)
+    noisy = truth_t1 + np.random.default_rng(seed).standard_normal(truth_t1.shape).astype(np.float32) * crlb
+    oracle_t1 = reg.resample_array(np.where(truth_t1 > 0, noisy, 0), truth.affine, transform, fitted.shape,
+                                   fitted.affine)
     true_brain = reg.resample_array(np.isin(labels, BRAIN_LABELS).astype(np.uint8), truth.affine,
                                     transform, fitted.shape, fitted.affine, nearest=True) > 0
     fitted_brain = np.asarray(nib.load(f"{space}desc-brain_mask.nii.gz").dataobj) > 0
     wm = shipped_wm(2)
     return {"true": wm_dice(true_t1, true_brain, wm),
-            "fitted": wm_dice(np.asarray(fitted.dataobj), fitted_brain, wm)}
+            "fitted": wm_dice(np.asarray(fitted.dataobj), fitted_brain, wm),
+            "oracle": wm_dice(oracle_t1, true_brain, wm)}
