@@ -201,7 +201,7 @@ def write_demo_dataset(
     with_smriprep: bool = False,
     b1_kind: str = "tfl",
     b1_pattern: str = "default",
-    b1_motion: tuple[float, float] | None = None,
+    b1_motion: tuple[float, float] | np.ndarray | None = None,
 ) -> Path:
     """Write the demo BIDS dataset (see the module docstring) and return its root.
 
@@ -215,7 +215,8 @@ def write_demo_dataset(
     ``TB1AFI``, :data:`AFI_PROTOCOL`) or ``"dam"`` (``flip-1``/``flip-2`` ``TB1DAM``,
     :data:`DAM_PROTOCOL`). ``b1_pattern``: the B1 field (``"asymmetric"``: 0.7-1.3).
     ``b1_motion``: ``(rotation degrees, shift mm)`` of the head between QALAS and the B1
-    map (:func:`motion_matrix`; recorded only in the ground truth's simulation JSON).
+    map (:func:`motion_matrix`), or any 4x4 rigid RAS matrix (QALAS world -> B1 world);
+    recorded only in the ground truth's simulation JSON.
     ``sessions``/``runs`` empty or ``None`` omit the ``ses``/``run`` entity. Existing files
     with the same names are overwritten; nothing else in ``out_dir`` is touched.
     """
@@ -237,7 +238,12 @@ def write_demo_dataset(
     timing = get_preset(key)
     if b1_kind not in ("tfl", "afi", "dam"):
         raise QalasInputError(f"b1_kind must be tfl, afi or dam, got {b1_kind!r}")
-    motion = motion_matrix(*b1_motion) if b1_motion is not None else None
+    if b1_motion is None:
+        motion = None
+    elif np.shape(b1_motion) == (4, 4):
+        motion = np.asarray(b1_motion, dtype=float)
+    else:
+        motion = motion_matrix(*b1_motion)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -11,10 +11,13 @@ the moving image onto the fixed grid needs; saved as-is, it is the sMRIPrep-styl
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
+
+LOGGER = logging.getLogger("qalas_bids")
 
 #: RAS <-> LPS.
 _FLIP = np.diag([-1.0, -1.0, 1.0])
@@ -77,7 +80,7 @@ def _masked(image: sitk.Image, mask: sitk.Image | None) -> sitk.Image:
     return image if mask is None else sitk.Mask(image, sitk.Cast(mask > 0, sitk.sitkUInt8))
 
 
-def _mask_on(mask: sitk.Image | None, grid: sitk.Image) -> sitk.Image | None:
+def mask_on(mask: sitk.Image | None, grid: sitk.Image) -> sitk.Image | None:
     """``mask > 0`` (uint8) on ``grid``'s voxels by nearest neighbour (None stays None)."""
     if mask is None:
         return None
@@ -91,7 +94,15 @@ ROTATION_SEARCH_DEGREES, ROTATION_SEARCH_STEP_DEGREES = 30.0, 15.0
 ROTATION_SEARCH_MM, ROTATION_SEARCH_SMOOTHING_MM = 8.0, 4.0
 
 
-def _search_rotations(fixed: sitk.Image, moving: sitk.Image, start: sitk.Euler3DTransform,
+def coarse_image(image: sitk.Image) -> sitk.Image:
+    """``image`` on the grid of the rotation search: recursive Gaussian
+    (``ROTATION_SEARCH_SMOOTHING_MM``), then block averages to about ``ROTATION_SEARCH_MM``."""
+    factor = max(1, int(round(ROTATION_SEARCH_MM / min(image.GetSpacing()))))
+    smooth = sitk.SmoothingRecursiveGaussian(image, ROTATION_SEARCH_SMOOTHING_MM)
+    return sitk.BinShrink(smooth, [factor] * 3)
+
+
+def search_rotations(fixed: sitk.Image, moving: sitk.Image, start: sitk.Euler3DTransform,
                       fixed_mask: sitk.Image | None) -> sitk.Euler3DTransform:
     """``start`` with the best rotation of a grid of ``+-ROTATION_SEARCH_DEGREES`` in
     ``ROTATION_SEARCH_STEP_DEGREES`` steps about each axis (5^3 = 125 Mattes MI evaluations
@@ -99,23 +110,18 @@ def _search_rotations(fixed: sitk.Image, moving: sitk.Image, start: sitk.Euler3D
     the capture range of the right pose: from the centres of mass alone it stopped 4-24 mm
     off on 4 of the 5 random poses (up to 30 degrees, 20 mm) of the digital head that
     ``tests/test_output_spaces.py`` draws (docs/spaces.md)."""
-    def coarse(image: sitk.Image) -> sitk.Image:  # recursive Gaussian, then block averages
-        factor = max(1, int(round(ROTATION_SEARCH_MM / min(image.GetSpacing()))))
-        smooth = sitk.SmoothingRecursiveGaussian(image, ROTATION_SEARCH_SMOOTHING_MM)
-        return sitk.BinShrink(smooth, [factor] * 3)
-
     reg = _method(0, 1.0)
     reg.SetMetricSamplingStrategy(reg.NONE)  # every voxel: the search itself is deterministic
-    fixed_coarse = coarse(fixed)
+    fixed_coarse = coarse_image(fixed)
     if fixed_mask is not None:
-        reg.SetMetricFixedMask(_mask_on(fixed_mask, fixed_coarse))
+        reg.SetMetricFixedMask(mask_on(fixed_mask, fixed_coarse))
     steps = int(round(ROTATION_SEARCH_DEGREES / ROTATION_SEARCH_STEP_DEGREES))
     reg.SetOptimizerAsExhaustive([steps, steps, steps, 0, 0, 0],
                                  stepLength=float(np.deg2rad(ROTATION_SEARCH_STEP_DEGREES)))
     reg.SetOptimizerScales([1.0] * 6)
     best = sitk.Euler3DTransform(start)
     reg.SetInitialTransform(best, inPlace=True)  # the exhaustive optimiser leaves the best here
-    reg.Execute(fixed_coarse, coarse(moving))
+    reg.Execute(fixed_coarse, coarse_image(moving))
     return best
 
 
@@ -126,7 +132,7 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, *, seed: int = 0,
     """Rigid (Euler 3D) registration by Mattes mutual information, multi-resolution.
 
     Starts from the images' centres of mass (moments) and the best rotation of a coarse grid
-    search (:func:`_search_rotations`, up to +-30 degrees about each axis), then shrinks
+    search (:func:`search_rotations`, up to +-30 degrees about each axis), then shrinks
     ``4, 2, 1`` with smoothing ``2, 1, 0`` x the finest voxel (HBCD's QALAS/B1
     coregistration settings, seeded). Without ``base_shrink``, the fixed image is first
     block-averaged to about ``finest_mm`` and the moving one to about ``finest_mm / 1.5``
@@ -141,13 +147,13 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, *, seed: int = 0,
 
         fixed = block_average(fixed, finest_mm)
         moving = block_average(moving, finest_mm / 1.5)
-        fixed_mask, moving_mask = _mask_on(fixed_mask, fixed), _mask_on(moving_mask, moving)
+        fixed_mask, moving_mask = mask_on(fixed_mask, fixed), mask_on(moving_mask, moving)
         base_shrink = 1
     moving_input = _masked(moving, moving_mask)
     initial = sitk.CenteredTransformInitializer(
         _masked(fixed, fixed_mask), moving_input, sitk.Euler3DTransform(),
         sitk.CenteredTransformInitializerFilter.MOMENTS)
-    initial = _search_rotations(fixed, moving_input, sitk.Euler3DTransform(initial), fixed_mask)
+    initial = search_rotations(fixed, moving_input, sitk.Euler3DTransform(initial), fixed_mask)
     reg = _method(seed, sampling)
     if fixed_mask is not None:
         reg.SetMetricFixedMask(sitk.Cast(fixed_mask > 0, sitk.sitkUInt8))
@@ -276,8 +282,10 @@ def refine_demons(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transfo
     if after < before:
         return RegistrationResult(refined, after, sum(DEMONS_ITERATIONS),
                                   f"demons kept: mutual information {before:.3f} -> {after:.3f}")
-    return RegistrationResult(transform, before, 0, f"demons rejected (mutual information {before:.3f} -> "
-                                                    f"{after:.3f}): the B-spline result is kept")
+    note = f"demons rejected (mutual information {before:.3f} -> {after:.3f}): the B-spline result is kept"
+    LOGGER.warning("template registration: %s. The contrasts may not match (check the registration overlay "
+                   "in the report)", note)
+    return RegistrationResult(transform, before, 0, note)
 
 
 def single_transform(transform: sitk.Transform) -> sitk.Transform:
