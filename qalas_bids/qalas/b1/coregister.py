@@ -4,9 +4,10 @@ The head may move between the B1 acquisition and QALAS; header geometry alone th
 the field in the wrong place. :func:`register_rigid` registers the B1 magnitude (TFL
 ``acq-anat``, AFI ``tr1``, DAM first angle) to a QALAS contrast with SimpleITK: Euler3D
 (6 parameters), Mattes mutual information, regular sampling with a fixed seed, one
-thread, three resolution levels, from the header alignment and from two rotation-searched
-starts (the best mutual information wins) - the same images give the same transform. :func:`registered_affine` applies the result to the B1 field's affine,
-so the field is then resampled on the QALAS grid with the usual header resampling.
+thread, three resolution levels, from the header alignment and, when they look better,
+from two rotation-searched starts (the best mutual information wins) - the same images
+give the same transform. :func:`registered_affine` applies the result to the B1 field's
+affine, so the field is then resampled on the QALAS grid with the usual header resampling.
 
 World coordinates: nibabel affines are RAS, ITK is LPS; the result is given in RAS (mm).
 """
@@ -156,9 +157,9 @@ def _searched_starts(fixed: sitk.Image, moving: sitk.Image, header: sitk.Euler3D
                      mask: sitk.Image | None) -> list[sitk.Euler3DTransform]:
     """Other starting poses than the header alignment: the best rotation of the coarse grid
     search (:func:`~..spaces.registration.search_rotations`, +-30 degrees) from the header
-    alignment and from the images' centres of mass. From the header alone the descent
-    stopped 7-39 mm off for 4 of 10 random motions of the digital head of 15-30 degrees and
-    10-28 mm (docs/b1.md)."""
+    alignment and from the images' centres of mass. From the header alone, 5 of 10 random
+    motions of the digital head (15-30 degrees, 10-28 mm) failed: 3 AFI maps ended 23-29 mm
+    off, 2 TFL maps so far off that the B1 support gate refused them (docs/b1.md)."""
     moments = sitk.Euler3DTransform(sitk.CenteredTransformInitializer(
         sitk.Mask(fixed, mask) if mask is not None else fixed, moving, sitk.Euler3DTransform(),
         sitk.CenteredTransformInitializerFilter.MOMENTS))

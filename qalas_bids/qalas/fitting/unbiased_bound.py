@@ -31,6 +31,7 @@ from ..physics.bounds import IE_RANGE, T1_RANGE_S, T2_RANGE_S
 from ..physics.signal_model import qalas_magnitude
 from ..physics.timing import SequenceTiming
 from .results import PARAMETERS
+from .uncertainty import crlb_std
 
 #: Relative shifts of the estimated parameter (multiplicative: ``theta' = theta * (1 + d)``),
 #: dense near 0 (where the bound meets the CRLB) and reaching far into the fluid's flat tail.
@@ -110,8 +111,6 @@ def hcr_std(theta: dict[str, float], timing: SequenceTiming, sigma: np.ndarray |
     """HCR bound on the standard deviation of any unbiased estimate of ``theta[which]``
     from the five magnitudes with Gaussian noise ``sigma`` (one value or an array: the
     profile is computed once). ``theta``: ``t1``, ``t2`` (s), ``pd``, ``ie``, ``b1``."""
-    from .uncertainty import crlb_std
-
     sig = np.atleast_1d(np.asarray(sigma, dtype=np.float64))
     kept, dist = profile_distance(theta, timing, which, shifts)
     delta = theta[which] * kept

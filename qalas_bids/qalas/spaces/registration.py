@@ -103,7 +103,7 @@ def coarse_image(image: sitk.Image) -> sitk.Image:
 
 
 def search_rotations(fixed: sitk.Image, moving: sitk.Image, start: sitk.Euler3DTransform,
-                      fixed_mask: sitk.Image | None) -> sitk.Euler3DTransform:
+                     fixed_mask: sitk.Image | None) -> sitk.Euler3DTransform:
     """``start`` with the best rotation of a grid of ``+-ROTATION_SEARCH_DEGREES`` in
     ``ROTATION_SEARCH_STEP_DEGREES`` steps about each axis (5^3 = 125 Mattes MI evaluations
     at about 8 mm; 0.2 s at 2 mm, 0.6 s at 1 mm), so that the gradient descent starts inside
