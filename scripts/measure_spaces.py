@@ -25,7 +25,7 @@ from qalas_bids.bids.templates import SHIPPED_DIR, SHIPPED_TEMPLATE
 from qalas_bids.qalas.spaces import registration as reg
 from qalas_bids.qalas.tissue.classes import reliable_voxels
 from qalas_bids.qalas.tissue.regions import read_label_table, region_rows
-from qalas_bids.testing.space_metrics import template_wm_dice
+from qalas_bids.testing.space_metrics import oracle_map, template_wm_dice
 
 PREFIX = "sub-01/ses-01/anat/sub-01_ses-01_"
 
@@ -80,7 +80,7 @@ def main() -> None:
     rows_true = region_rows(atlas, names, truth, use)
     # an unbiased estimator at the CRLB (truth + Gaussian noise of the fitted CRLB SD): what
     # the region median of a noisy map does to a skewed (partial-volume) distribution
-    oracle = load(gt + "run-1_T1map.nii.gz") + np.random.default_rng(0).standard_normal(ref.shape) * fit["c"]
+    oracle = oracle_map(load(gt + "run-1_T1map.nii.gz"), fit["c"])
     rows_oracle = region_rows(atlas, names, {**truth, "t1": move(oracle)}, use)
     rows_fit = list(csv.DictReader(open(an + "space-MNI152NLin2009cAsym_res-2_atlas-TissueHemi_stat-summary_qmri.tsv"),
                                    delimiter="\t"))

@@ -71,7 +71,7 @@ def test_rigid_b1_registration_recovers_large_random_head_motion(tmp_path, kind,
     """The digital head (with scalp and skull) moved between QALAS and the B1 map by a random
     rotation of 15-30 deg about a random axis and a shift of 10-28 mm: the pre-work check
     places the map within 1 mm RMS over the head (B1 voxels are 4 mm or more; measured
-    0.13-0.57 mm). From the header start alone, seeds 0-9 of this draw gave 5 failures: afi 4
+    0.09-0.57 mm). From the header start alone, seeds 0-9 of this draw gave 5 failures: afi 4
     and 8 ended 28 and 23 mm off, tfl 0 and 7 were misplaced so far that the B1 support gate
     refused the valid map (docs/b1.md)."""
     from scipy.spatial.transform import Rotation

@@ -200,8 +200,8 @@ def test_demons_refinement_recovers_a_smooth_warp(caplog):
     s = 3.0 * np.stack([np.sin(2 * np.pi * world[:, 1] / 80), np.cos(2 * np.pi * world[:, 2] / 80),
                         np.sin(2 * np.pi * world[:, 0] / 80)], 1)
     field = sitk_field(s.reshape(data.shape + (3,)), img.affine)
-    moving = sitk.Resample(fixed, fixed, sitk.DisplacementFieldTransform(field),
-                               sitk.sitkLinear, 0.0)
+    moving = sitk.Resample(fixed, fixed, sitk.DisplacementFieldTransform(field), sitk.sitkLinear, 0.0)
+    # a second field: DisplacementFieldTransform takes ownership of (empties) the one it is given
     truth = sitk.DisplacementFieldTransform(sitk.InvertDisplacementField(
         sitk_field(s.reshape(data.shape + (3,)), img.affine), maximumNumberOfIterations=50))
     identity = reg.rigid_from_ras_matrix(np.eye(4))

@@ -37,6 +37,13 @@ def wm_dice(t1_s: np.ndarray, brain: np.ndarray, wm: np.ndarray) -> float:
     return float(2 * (white & wm).sum() / (white.sum() + wm.sum()))
 
 
+def oracle_map(truth: np.ndarray, crlb: np.ndarray, seed: int = 0) -> np.ndarray:
+    """An unbiased estimate at the Cramér-Rao bound: ``truth`` plus Gaussian noise of SD
+    ``crlb`` (same grid) where ``truth > 0``, 0 elsewhere; float32."""
+    noise = np.random.default_rng(seed).standard_normal(np.shape(truth)).astype(np.float32)
+    return np.where(truth > 0, truth + noise * crlb, 0).astype(np.float32)
+
+
 def template_wm_dice(run_prefix: str | Path, truth_prefix: str | Path, seed: int = 0) -> dict[str, float]:
     """``{"true", "fitted", "oracle"}`` WM Dice in MNI152NLin2009cAsym res-2 of one run
     (``seed``: the oracle's noise).
@@ -52,8 +59,7 @@ def template_wm_dice(run_prefix: str | Path, truth_prefix: str | Path, seed: int
     truth_t1 = np.asarray(truth.dataobj, np.float32)
     true_t1 = reg.resample_array(truth_t1, truth.affine, transform, fitted.shape, fitted.affine)
     crlb = np.asarray(nib.load(f"{run_prefix}desc-crlb_T1map.nii.gz").dataobj, np.float32)
-    noisy = truth_t1 + np.random.default_rng(seed).standard_normal(truth_t1.shape).astype(np.float32) * crlb
-    oracle_t1 = reg.resample_array(np.where(truth_t1 > 0, noisy, 0), truth.affine, transform, fitted.shape,
+    oracle_t1 = reg.resample_array(oracle_map(truth_t1, crlb, seed), truth.affine, transform, fitted.shape,
                                    fitted.affine)
     true_brain = reg.resample_array(np.isin(labels, BRAIN_LABELS).astype(np.uint8), truth.affine,
                                     transform, fitted.shape, fitted.affine, nearest=True) > 0

@@ -22,7 +22,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import QalasInputError
-from ..spaces.registration import coarse_image, mask_on, mutual_information, search_rotations
+from ..spaces.registration import (coarse_image, linear_matrix, mask_on, mutual_information, search_rotations,
+                                   single_transform)
 from ..spaces.registration import to_sitk as array_to_sitk
 
 #: Seed of the metric's sampling (fixed: the registration is deterministic).
@@ -90,14 +91,6 @@ def to_sitk(img: nib.spatialimages.SpatialImage) -> sitk.Image:
     return array_to_sitk(data, img.affine)
 
 
-def _matrix_ras(transform: sitk.Euler3DTransform) -> np.ndarray:
-    rot = np.array(transform.GetMatrix()).reshape(3, 3)
-    centre, shift = np.array(transform.GetCenter()), np.array(transform.GetTranslation())
-    lps = np.eye(4)
-    lps[:3, :3] = rot
-    lps[:3, 3] = centre + shift - rot @ centre
-    return _LPS @ lps @ _LPS
-
 
 def motion_of(matrix: np.ndarray, centre_ras: np.ndarray) -> tuple[float, float]:
     """(displacement of ``centre_ras`` in mm, rotation angle in degrees) of a 4x4 rigid map."""
@@ -113,8 +106,9 @@ def register_rigid(moving: nib.spatialimages.SpatialImage, fixed: nib.spatialima
     ``fixed_mask`` (bool, the fixed grid; e.g. the head mask) limits the metric to the
     head. Optimised from the header alignment (identity, rotation centre at the fixed
     image's mask centre), then from each rotation-searched start (:func:`_searched_starts`)
-    that fits the coarse images better than that optimum; the result with the best
-    full-sample Mattes MI is kept (with small motions only the header start runs).
+    that is not in that optimum's basin (:func:`_same_pose`) and fits the coarse images
+    better; the result with the best full-sample Mattes MI is kept (with small motions only
+    the header start is optimised).
     Returns a :class:`RigidResult`; a failed optimisation raises :class:`QalasInputError`
     (use ``--b1-registration header``).
     """
@@ -134,8 +128,9 @@ def register_rigid(moving: nib.spatialimages.SpatialImage, fixed: nib.spatialima
     mask_c = mask_on(mask_img, fixed_c)
     reached, full = mutual_information(fixed_c, moving_c, final, mask_c), None
     for initial in _searched_starts(fixed_s, moving_s, header, mask_img):
-        if mutual_information(fixed_c, moving_c, initial, mask_c) >= reached:
-            continue  # the header start's optimum already fits better than this start
+        if (_same_pose(initial, final, centre_ras)
+                or mutual_information(fixed_c, moving_c, initial, mask_c) >= reached):
+            continue  # in the found optimum's basin, or that optimum already fits better
         candidate, candidate_metric = _optimise(fixed_s, moving_s, initial, mask_img, iterations)
         full = mutual_information(fixed_s, moving_s, final, mask_img) if full is None else full
         value = mutual_information(fixed_s, moving_s, candidate, mask_img)  # every voxel: comparable
@@ -148,9 +143,22 @@ def register_rigid(moving: nib.spatialimages.SpatialImage, fixed: nib.spatialima
     # written for the workflow must be byte-identical for its cached fits to stay valid.
     euler.SetParameters([round(p, 7) for p in euler.GetParameters()[:3]]
                         + [round(p, 6) for p in euler.GetParameters()[3:]])
-    matrix = _matrix_ras(euler)
+    matrix = _LPS @ linear_matrix(euler) @ _LPS  # the LPS point mapping in RAS
     shift, angle = motion_of(matrix, centre_ras)
     return RigidResult(matrix, euler, shift, angle, float(metric), time.perf_counter() - start)
+
+
+#: A start within this motion (mm at the head centre, degrees) of an optimum already found
+#: lies in its basin and is not optimised again (on the unmoved demo the centres-of-mass start
+#: was 0.4 mm from the header start and only re-found its optimum).
+SAME_POSE_MM, SAME_POSE_DEG = 2.0, 2.0
+
+
+def _same_pose(a: sitk.Transform, b: sitk.Transform, centre_ras: np.ndarray) -> bool:
+    """Whether two rigid poses differ by less than :data:`SAME_POSE_MM` / :data:`SAME_POSE_DEG`."""
+    first, second = (linear_matrix(single_transform(t)) for t in (a, b))  # LPS point mappings
+    shift, angle = motion_of(np.linalg.inv(first) @ second, _LPS[:3, :3] @ centre_ras)
+    return shift < SAME_POSE_MM and angle < SAME_POSE_DEG
 
 
 def _searched_starts(fixed: sitk.Image, moving: sitk.Image, header: sitk.Euler3DTransform,

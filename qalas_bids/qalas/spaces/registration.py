@@ -331,7 +331,7 @@ def resample_array(data: np.ndarray, affine: np.ndarray, transform: sitk.Transfo
     return out.astype(data.dtype if nearest else np.float32)
 
 
-def _linear_matrix(transform: sitk.Transform) -> np.ndarray | None:
+def linear_matrix(transform: sitk.Transform) -> np.ndarray | None:
     """The 4x4 LPS point mapping of a linear (matrix + offset) transform, else None."""
     tx = transform.Downcast()
     if not hasattr(tx, "GetMatrix") or not hasattr(tx, "GetCenter"):
@@ -354,7 +354,7 @@ def resampling_transform(transform: sitk.Transform, ref_shape: tuple[int, ...],
         return transform
     composite = sitk.CompositeTransform(transform)
     parts = [composite.GetNthTransform(i) for i in range(composite.GetNumberOfTransforms())]
-    matrices = [_linear_matrix(part) for part in parts]
+    matrices = [linear_matrix(part) for part in parts]
     if any(m is None for m in matrices):
         return dense_transform(transform, ref_shape, ref_affine)
     total = functools.reduce(np.matmul, matrices)  # index 0 is applied last
