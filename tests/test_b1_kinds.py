@@ -158,6 +158,19 @@ def test_registration_recovers_a_random_rigid_motion(seed):
     assert motion_warnings(result.translation_mm, result.rotation_deg)  # > 2 mm / 2 deg
 
 
+@pytest.mark.parametrize("slices", [4, 8])
+def test_b1_slab_too_thin_for_the_rotation_search_keeps_the_header_start(slices):
+    """A B1 magnitude of only 4-8 slices (12-24 mm) over a whole-head QALAS: the coarse
+    rotation search cannot run on it (ITK needs 4 voxels per axis at 8 mm), so the header
+    start's optimum stands - a result, not a SimpleITK traceback."""
+    fixed, mask = _head()
+    data = np.asarray(fixed.dataobj)[:, :, 18:18 + slices]
+    affine = fixed.affine.copy()
+    affine[:3, 3] += affine[:3, 2] * 18
+    result = register_rigid(nib.Nifti1Image(data, affine), fixed, mask)
+    assert result.translation_mm < 1.0 and result.rotation_deg < 1.0  # it did not move
+
+
 def test_thin_qalas_slab_is_not_registered():
     from qalas_bids.qalas.b1.coregister import MIN_EXTENT_MM, too_thin_to_register
 

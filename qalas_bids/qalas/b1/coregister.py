@@ -105,10 +105,9 @@ def register_rigid(moving: nib.spatialimages.SpatialImage, fixed: nib.spatialima
 
     ``fixed_mask`` (bool, the fixed grid; e.g. the head mask) limits the metric to the
     head. Optimised from the header alignment (identity, rotation centre at the fixed
-    image's mask centre), then from each rotation-searched start (:func:`_searched_starts`)
-    that is not in that optimum's basin (:func:`_same_pose`) and fits the coarse images
-    better; the result with the best full-sample Mattes MI is kept (with small motions only
-    the header start is optimised).
+    image's mask centre), then from the rotation-searched starts that may do better
+    (:func:`_best_of_searched_starts`; with small motions only the header start is
+    optimised, and a B1 image too thin for the search keeps the header start's result).
     Returns a :class:`RigidResult`; a failed optimisation raises :class:`QalasInputError`
     (use ``--b1-registration header``).
     """
@@ -124,19 +123,11 @@ def register_rigid(moving: nib.spatialimages.SpatialImage, fixed: nib.spatialima
     if fixed_mask is not None:
         mask_img = sitk.Cast(to_sitk(nib.Nifti1Image(region.astype(np.float32), fixed.affine)) > 0.5, sitk.sitkUInt8)
     final, metric = _optimise(fixed_s, moving_s, header, mask_img, iterations)
-    fixed_c, moving_c = coarse_image(fixed_s), coarse_image(moving_s)
-    mask_c = mask_on(mask_img, fixed_c)
-    reached, full = mutual_information(fixed_c, moving_c, final, mask_c), None
-    for initial in _searched_starts(fixed_s, moving_s, header, mask_img):
-        if (_same_pose(initial, final, centre_ras)
-                or mutual_information(fixed_c, moving_c, initial, mask_c) >= reached):
-            continue  # in the found optimum's basin, or that optimum already fits better
-        candidate, candidate_metric = _optimise(fixed_s, moving_s, initial, mask_img, iterations)
-        full = mutual_information(fixed_s, moving_s, final, mask_img) if full is None else full
-        value = mutual_information(fixed_s, moving_s, candidate, mask_img)  # every voxel: comparable
-        if value < full:
-            final, metric, full = candidate, candidate_metric, value
-            reached = mutual_information(fixed_c, moving_c, final, mask_c)
+    try:
+        final, metric = _best_of_searched_starts(fixed_s, moving_s, header, mask_img, final, metric,
+                                                 centre_ras, iterations)
+    except (RuntimeError, QalasInputError):
+        pass  # a B1 image too thin for the 8 mm search grid (a few slices): the header start stands
     euler = sitk.Euler3DTransform(sitk.CompositeTransform(final).GetNthTransform(0)) \
         if final.GetName() == "CompositeTransform" else sitk.Euler3DTransform(final)
     # Rounded (1e-7 rad, 1e-6 mm): the optimiser's last bits vary between runs, and the B1
@@ -146,6 +137,29 @@ def register_rigid(moving: nib.spatialimages.SpatialImage, fixed: nib.spatialima
     matrix = _LPS @ linear_matrix(euler) @ _LPS  # the LPS point mapping in RAS
     shift, angle = motion_of(matrix, centre_ras)
     return RigidResult(matrix, euler, shift, angle, float(metric), time.perf_counter() - start)
+
+
+def _best_of_searched_starts(fixed: sitk.Image, moving: sitk.Image, header: sitk.Euler3DTransform,
+                             mask: sitk.Image | None, final: sitk.Transform, metric: float,
+                             centre_ras: np.ndarray, iterations: int) -> tuple[sitk.Transform, float]:
+    """``(transform, metric)``: the header start's optimum ``final``, or the optimum from a
+    rotation-searched start (:func:`_searched_starts`) that is not in its basin
+    (:func:`_same_pose`), fits the coarse images better, and ends with a better mutual
+    information over every voxel of ``mask``."""
+    fixed_c, moving_c = coarse_image(fixed), coarse_image(moving)
+    mask_c = mask_on(mask, fixed_c)
+    reached, full = mutual_information(fixed_c, moving_c, final, mask_c), None
+    for initial in _searched_starts(fixed, moving, header, mask):
+        if (_same_pose(initial, final, centre_ras)
+                or mutual_information(fixed_c, moving_c, initial, mask_c) >= reached):
+            continue  # in the found optimum's basin, or that optimum already fits better
+        candidate, candidate_metric = _optimise(fixed, moving, initial, mask, iterations)
+        full = mutual_information(fixed, moving, final, mask) if full is None else full
+        value = mutual_information(fixed, moving, candidate, mask)  # every voxel: comparable
+        if value < full:
+            final, metric, full = candidate, candidate_metric, value
+            reached = mutual_information(fixed_c, moving_c, final, mask_c)
+    return final, metric
 
 
 #: A start within this motion (mm at the head centre, degrees) of an optimum already found
