@@ -128,8 +128,7 @@ def register_rigid(moving: nib.spatialimages.SpatialImage, fixed: nib.spatialima
                                                  centre_ras, iterations)
     except (RuntimeError, QalasInputError):
         pass  # a B1 image too thin for the 8 mm search grid (a few slices): the header start stands
-    euler = sitk.Euler3DTransform(sitk.CompositeTransform(final).GetNthTransform(0)) \
-        if final.GetName() == "CompositeTransform" else sitk.Euler3DTransform(final)
+    euler = sitk.Euler3DTransform(single_transform(final))
     # Rounded (1e-7 rad, 1e-6 mm): the optimiser's last bits vary between runs, and the B1
     # written for the workflow must be byte-identical for its cached fits to stay valid.
     euler.SetParameters([round(p, 7) for p in euler.GetParameters()[:3]]
