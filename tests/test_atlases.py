@@ -111,6 +111,28 @@ def test_template_prefetch_hint_names_the_cohort(tmp_path, monkeypatch):
         resolve_template_homes([OutputSpace("MNIInfant", "1", "1")], tmp_path / "local")
 
 
+def test_a_prefetched_cohort_template_is_served_from_the_users_home(tmp_path, monkeypatch):
+    """TemplateFlow keeps cohort templates in ``tpl-<T>/cohort-<c>/``: a home pre-fetched with
+    the hint above (the layout the Docker image bakes for MNIInfant) serves the run."""
+    import zipfile
+
+    from qalas_bids.bids.templates import skeleton_zip, template_files
+
+    home = tmp_path / "home"
+    zipfile.ZipFile(skeleton_zip()).extractall(home)  # zero-byte placeholders, as a fresh home
+    fetched = sorted((home / "tpl-MNIInfant" / "cohort-1").glob("*_res-1_*.nii.gz"))
+    assert fetched and not list((home / "tpl-MNIInfant").glob("*.nii.gz"))
+    for path in fetched:
+        _dseg(path, np.ones((6, 6, 6), np.int16))
+    monkeypatch.setenv("TEMPLATEFLOW_HOME", str(home))
+    homes = resolve_template_homes([OutputSpace("MNIInfant", "1", "1")], tmp_path / "local")
+    assert homes == {"MNIInfant": home} and not (tmp_path / "local").exists()
+    files = template_files("MNIInfant", "1", "1", home)
+    assert "/cohort-1/" in files.brain_mask and files.brain_t1w.endswith("_cohort-1_res-1_T1w.nii.gz")
+    with pytest.raises(QalasInputError, match=r"res-2 cohort-1: no .*get\('MNIInfant', resolution=2, cohort='1'"):
+        template_files("MNIInfant", "2", "1", home)  # not fetched: exit 2 with the hint
+
+
 def test_cli_exits_2_on_a_bad_atlas_before_any_work(tmp_path):
     bids = tmp_path / "bids"
     bids.mkdir()

@@ -173,8 +173,8 @@ def test_bids_filter_file(tmp_path, fake):
     path.write_text(json.dumps({"qalas": {"acquisition": "slow"}}))
     (run,) = collect_qalas_runs(fake.root, bids_filters=path)
     assert run.acquisition == "slow" and run.entities["acquisition"] == "slow"
-    path.write_text('{"t1w": {}}')
-    with pytest.raises(QalasInputError, match="valid keys are \\['qalas', 'b1'\\]"):
+    path.write_text('{"bold": {}}')
+    with pytest.raises(QalasInputError, match="valid keys are \\['qalas', 'b1', 't1w'\\]"):
         load_bids_filters(path)
     path.write_text('{"qalas": {"acq": "slow"}}')
     with pytest.raises(QalasInputError, match="'acquisition', not 'acq'"):

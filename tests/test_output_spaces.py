@@ -100,6 +100,72 @@ def test_shipped_template_offline(no_user_home, no_network, tmp_path, monkeypatc
         resolve_template_homes(["MNI152NLin6Asym"], local)
 
 
+def test_derivatives_that_give_a_run_nothing_are_said_with_the_folder_to_pass(no_user_home, tmp_path):
+    """--derivatives pointing one level above the subjects (fMRIPrep < 21 wrote
+    <out>/fmriprep/sub-X), or without a transform for a template, is warned about, not silent."""
+    from types import SimpleNamespace
+
+    from qalas_bids.bids.space_inputs import collect_space_inputs
+
+    run = SimpleNamespace(subject="01", session="01", label="sub-01_ses-01_run-1")
+    anat = tmp_path / "out" / "fmriprep" / "sub-01" / "anat"
+    anat.mkdir(parents=True)
+    (anat / "sub-01_desc-preproc_T1w.nii.gz").write_bytes(b"")
+    spaces = tuple(parse_output_spaces(["MNI152NLin2009cAsym:res-2"]))
+    kwargs = dict(bids_dir=tmp_path / "bids", template_root=tmp_path / "tf", voxel_mm=2.0)
+    nested = collect_space_inputs(run, spaces, derivatives={"fmriprep": tmp_path / "out"}, **kwargs)
+    assert nested.derivatives_name is None and len(nested.notes) == 1
+    assert "holds no sub-01 desc-preproc_T1w" in nested.notes[0]
+    assert f"Did you mean --derivatives fmriprep={tmp_path / 'out' / 'fmriprep'}?" in nested.notes[0]
+    found = collect_space_inputs(run, spaces, derivatives={"fmriprep": tmp_path / "out" / "fmriprep"}, **kwargs)
+    assert found.derivatives_name == "fmriprep" and found.templates[0].t1w_to_template is None
+    assert found.notes == ("sub-01_ses-01_run-1: --derivatives fmriprep has no from-T1w_to-MNI152NLin2009cAsym"
+                           "_mode-image_xfm (.h5/.txt); qalas-bids registers to MNI152NLin2009cAsym itself",)
+    (anat / "sub-01_from-T1w_to-MNI152NLin2009cAsym_mode-image_xfm.h5").write_bytes(b"")
+    reused = collect_space_inputs(run, spaces, derivatives={"fmriprep": tmp_path / "out" / "fmriprep"}, **kwargs)
+    assert reused.notes == () and reused.templates[0].t1w_to_template.endswith("_xfm.h5")
+    assert collect_space_inputs(run, spaces, derivatives={}, **kwargs).notes == ()
+
+
+def test_raw_t1w_is_queried_with_pybids_and_the_t1w_filter(no_user_home, tmp_path):
+    """Several T1w in a session (a navigator or low-resolution T1w beside the MPRAGE): the
+    finest is used and the choice is said; the ``t1w`` filter of --bids-filter-file picks
+    another; a subject-level T1w serves every session; a filter that matches none is exit 2."""
+    from types import SimpleNamespace
+
+    from qalas_bids.bids.layout import make_layout, validate_bids_filters
+    from qalas_bids.bids.space_inputs import collect_space_inputs
+    from qalas_bids.demo.dataset import write_demo_dataset
+
+    bids = write_demo_dataset(tmp_path / "bids", with_t1w=True)
+    anat = bids / "sub-01" / "ses-01" / "anat"
+    mprage = nib.load(anat / "sub-01_ses-01_T1w.nii.gz")
+    coarse = mprage.affine.copy()
+    coarse[:3, :3] *= 3.0
+    nib.save(nib.Nifti1Image(np.ones((20, 20, 20), np.float32), coarse), anat / "sub-01_ses-01_acq-vnav_T1w.nii.gz")
+    run = SimpleNamespace(subject="01", session="01", label="sub-01_ses-01_run-1")
+    spaces = tuple(parse_output_spaces(["T1w"]))
+
+    def collect(filters=None):
+        return collect_space_inputs(run, spaces, bids_dir=bids, derivatives={}, template_root=tmp_path / "tf",
+                                    voxel_mm=2.0, layout=make_layout(bids),
+                                    t1w_filters=validate_bids_filters({"t1w": filters}).get("t1w") if filters else None)
+
+    both = collect()
+    assert Path(both.t1w).name == "sub-01_ses-01_T1w.nii.gz" and both.t1w_source == "raw"
+    assert len(both.notes) == 1 and "2 T1w images match" in both.notes[0] and '{"t1w"' in both.notes[0]
+    vnav = collect({"acquisition": "vnav"})
+    assert Path(vnav.t1w).name == "sub-01_ses-01_acq-vnav_T1w.nii.gz" and vnav.notes == ()
+    assert Path(collect({"acquisition": None}).t1w).name == "sub-01_ses-01_T1w.nii.gz"
+    with pytest.raises(QalasInputError, match="none found with the --bids-filter-file t1w filters"):
+        collect({"acquisition": "mprage"})
+    subject_level = bids / "sub-01" / "anat"
+    subject_level.mkdir()
+    for path in anat.glob("*_T1w.*"):
+        path.rename(subject_level / path.name.replace("_ses-01", ""))
+    assert Path(collect({"acquisition": None}).t1w).parent == subject_level
+
+
 def test_template_api_get_in_a_fresh_process_without_network(tmp_path):
     """``templateflow.api.get`` (global client, configured by TEMPLATEFLOW_HOME) serves the
     local home with sockets blocked from the first import on."""

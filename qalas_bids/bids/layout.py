@@ -16,7 +16,9 @@ queries and whose values are pybids entity filters added to them::
     {"qalas": {"session": "01", "acquisition": null},
      "b1":    {"acquisition": ["anat", "famp"], "run": 2}}
 
-Keys: ``qalas`` (the QALAS volumes) and ``b1`` (every B1+ candidate: TB1TFL, TB1map, AFI).
+Keys: ``qalas`` (the QALAS volumes), ``b1`` (every B1+ candidate: TB1TFL, TB1map, AFI) and
+``t1w`` (the raw T1w that ``--output-spaces`` registers to, e.g. ``{"t1w": {"acquisition":
+"mprage"}}``; a ``session`` there takes the T1w of that session for every run).
 Values: a string, integer, boolean, list of those, ``null`` (entity must be absent) or
 ``"*"`` (entity must be present, any value). ``suffix``, ``extension`` and ``datatype`` are
 set by the app and cannot be filtered.
@@ -35,7 +37,7 @@ from bids.layout import BIDSLayoutIndexer, Query
 from ..qalas.errors import QalasInputError
 
 #: Keys accepted at the top level of a ``--bids-filter-file``.
-FILTER_KEYS = ("qalas", "b1")
+FILTER_KEYS = ("qalas", "b1", "t1w")
 #: Entities the app sets itself (a filter on them would break the queries).
 RESERVED_ENTITIES = ("suffix", "extension", "datatype")
 #: Entities a filter may use (pybids ``bids`` config names).

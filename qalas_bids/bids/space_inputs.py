@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ..qalas.errors import QalasInputError
 from .output_spaces import OutputSpace, resolve_native_resolution
 from .templates import TemplateFiles, resolve_template_homes, template_files
@@ -56,10 +58,36 @@ def _first(dirs: list[Path], pattern: str, exclude: tuple[str, ...] = ()) -> str
     return None
 
 
-def find_raw_t1w(bids_dir: Path, subject: str, session: str | None) -> str | None:
-    """The session's raw ``anat/*_T1w.nii[.gz]`` (subject level when the session has none)."""
-    return _first(_session_anat_dirs(bids_dir, subject, session), f"sub-{subject}*_T1w.nii*",
-                  exclude=("_space-", "_desc-"))
+def find_raw_t1w(layout, subject: str, session: str | None,
+                 filters: dict | None = None) -> tuple[str | None, str | None]:
+    """The raw T1w of a run (pybids query ``t1w`` of ``data/io_spec.json`` plus the ``t1w``
+    filters of ``--bids-filter-file``): the session's, else the subject-level one (a filter
+    with ``session`` picks that session instead). Of several, the one with the smallest voxels
+    (then the first name); the second item then says which were left and how to choose."""
+    from bids.layout import Query
+
+    from .discovery import load_io_spec
+
+    query = dict(load_io_spec()["queries"]["t1w"], subject=subject, **(filters or {}))
+    sessions = [query.pop("session")] if "session" in query else ([session] if session else []) + [Query.NONE]
+    found: list[str] = []
+    for ses in sessions:
+        found = sorted(f.path for f in layout.get(session=ses, **query))
+        if found:
+            break
+    if len(found) < 2:
+        return (found[0] if found else None), None
+
+    def voxel_volume(path: str) -> float:
+        import nibabel as nib
+
+        return float(np.prod(nib.load(path).header.get_zooms()[:3]))
+
+    chosen = min(found, key=voxel_volume)  # min() keeps the first of equal volumes
+    names = ", ".join(Path(f).name for f in found)
+    return chosen, (f"{len(found)} T1w images match ({names}); registering to {Path(chosen).name} (the "
+                    "smallest voxels): choose another with --bids-filter-file, e.g. "
+                    '{"t1w": {"acquisition": "<label>"}} or {"t1w": {"run": 2}}')
 
 
 def find_smriprep_files(root: Path, subject: str, session: str | None,
@@ -82,11 +110,13 @@ def find_smriprep_files(root: Path, subject: str, session: str | None,
 
 def collect_space_inputs(run, spaces: tuple[OutputSpace, ...], *, bids_dir: Path,
                          derivatives: dict[str, Path], template_root: Path,
-                         voxel_mm: float, atlases: tuple = ()) -> SpaceInputs:
+                         voxel_mm: float, atlases: tuple = (), layout=None,
+                         t1w_filters: dict | None = None) -> SpaceInputs:
     """Everything ``run`` needs for ``spaces`` and the ``--atlases`` (checked
     ``bids.atlases.AtlasRequest``s); raises QalasInputError (exit 2) when a reference or an
     atlas file is missing. With ``derivatives``, the T1w and the T1w -> template transforms
-    come from them and only the rigid QALAS -> T1w step is computed."""
+    come from them and only the rigid QALAS -> T1w step is computed. The raw T1w is queried
+    on ``layout`` (the pybids index of ``bids_dir``; built when None) with ``t1w_filters``."""
     templates = [resolve_native_resolution(s, voxel_mm) for s in spaces if s.is_template]
     write_t1w = any(s.name == "T1w" for s in spaces)
     deriv_name, deriv = None, {}
@@ -95,12 +125,20 @@ def collect_space_inputs(run, spaces: tuple[OutputSpace, ...], *, bids_dir: Path
         if files["t1w"]:
             deriv_name, deriv = name, files
             break
-    t1w = deriv.get("t1w") or (find_raw_t1w(bids_dir, run.subject, run.session)
-                               if write_t1w or deriv_name else None)
+    notes = derivative_notes(run, derivatives, deriv_name, deriv, templates)
+    t1w = deriv.get("t1w")
+    if not t1w and write_t1w:
+        if layout is None:
+            from .layout import make_layout
+
+            layout = make_layout(bids_dir)
+        t1w, choice = find_raw_t1w(layout, run.subject, run.session, t1w_filters)
+        notes += [f"{run.label}: {choice}"] if choice else []
     if write_t1w and not t1w:
         raise QalasInputError(
             f"{run.label}: --output-spaces T1w needs a T1w image of the session (anat/*_T1w.nii.gz "
-            "in the raw dataset, or desc-preproc_T1w in a --derivatives folder); none found")
+            "in the raw dataset, or desc-preproc_T1w in a --derivatives folder); none found"
+            + (f" with the --bids-filter-file t1w filters {t1w_filters}" if t1w_filters else ""))
     homes = resolve_template_homes(templates, template_root)
     targets = []
     for space in templates:
@@ -111,7 +149,29 @@ def collect_space_inputs(run, spaces: tuple[OutputSpace, ...], *, bids_dir: Path
         t1w=t1w, t1w_source=f"derivatives:{deriv_name}" if deriv_name else ("raw" if t1w else ""),
         t1w_brain_mask=deriv.get("brain_mask"), dseg=deriv.get("dseg"), aseg=deriv.get("aseg"),
         aparcaseg=deriv.get("aparcaseg"), write_t1w=write_t1w, templates=tuple(targets),
-        derivatives_name=deriv_name, atlases=tuple(requested_atlas_specs(atlases, targets)))
+        derivatives_name=deriv_name, atlases=tuple(requested_atlas_specs(atlases, targets)),
+        notes=tuple(notes))
+
+
+def derivative_notes(run, derivatives: dict[str, Path], deriv_name: str | None, deriv: dict,
+                     templates: list[OutputSpace]) -> list[str]:
+    """Warnings for ``--derivatives`` that give ``run`` nothing (or no transform for a template),
+    with the folder to pass instead when the subject sits one level down (fMRIPrep < 21 wrote
+    ``<out>/fmriprep/sub-X``)."""
+    if not derivatives:
+        return []
+    if deriv_name is None:
+        names = ", ".join(f"{name}={root}" for name, root in derivatives.items())
+        hints = [f"{name}={sub.parent}" for name, root in derivatives.items()
+                 for sub in sorted(root.glob(f"*/sub-{run.subject}")) if sub.is_dir()]
+        return [f"{run.label}: --derivatives {names} holds no sub-{run.subject} desc-preproc_T1w "
+                f"(looked in sub-{run.subject}{'/ses-' + run.session if run.session else ''}/anat and "
+                f"sub-{run.subject}/anat); qalas-bids computes every registration itself "
+                "instead"
+                + (f". Did you mean --derivatives {' '.join(hints)}?" if hints else "")]
+    return [f"{run.label}: --derivatives {deriv_name} has no from-T1w_to-{space.transform_label}_mode-image_xfm "
+            f"(.h5/.txt); qalas-bids registers to {space.name} itself"
+            for space in templates if not deriv.get(f"xfm:{space}")]
 
 
 def requested_atlas_specs(atlases, targets: list[TemplateTarget]) -> list[dict]:

@@ -66,8 +66,9 @@ def user_template_home(environ: dict | None = None) -> Path:
 
 
 def _has_real_files(home: Path, template: str | None = None) -> bool:
-    """Whether ``home`` holds any non-empty NIfTI (of ``template``), i.e. more than a skeleton."""
-    pattern = f"tpl-{template}/*.nii.gz" if template else "tpl-*/*.nii.gz"
+    """Whether ``home`` holds any non-empty NIfTI (of ``template``), i.e. more than a skeleton;
+    cohort templates keep theirs in ``tpl-<T>/cohort-<c>/``."""
+    pattern = f"tpl-{template or '*'}/**/*.nii.gz"
     return home.is_dir() and not (home / _MARKER).exists() and any(
         p.stat().st_size > 0 for p in home.glob(pattern))
 

@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--bids-filter-file", dest="bids_filters", type=v.bids_filter_file,
                    metavar="FILE",
                    help='JSON of pybids entities narrowing the queries, fMRIPrep format, e.g. '
-                        '{"qalas": {"session": "01", "run": 1}, "b1": {"acquisition": "famp"}}')
+                        '{"qalas": {"session": "01", "run": 1}, "b1": {"acquisition": "famp"}, '
+                        '"t1w": {"acquisition": "mprage"}} (t1w: the T1w of --output-spaces)')
     g.add_argument("--skip-bids-validation", action="store_true",
                    help="do not run bids-validator-deno (it runs offline when on PATH)")
     g.add_argument("--derivatives", type=v.derivatives_spec, nargs="+", metavar="NAME=PATH",

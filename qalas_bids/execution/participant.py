@@ -16,7 +16,7 @@ LOGGER = logging.getLogger("qalas_bids")
 
 
 def run_participant(settings: Settings) -> int:
-    from ..bids import write_bidsignore, write_dataset_description
+    from ..bids import make_layout, write_bidsignore, write_dataset_description
     from ..bids.derivatives import remove_stale_temporaries
     from ..bids.validation import validate_bids
     from .stage_timing import StageClock
@@ -29,8 +29,9 @@ def run_participant(settings: Settings) -> int:
     with clock.stage("preflight (validation, discovery)"):
         if not settings.skip_bids_validation:
             validate_bids(settings.bids_dir)
-        runs = discover_runs(settings)
-        runs = prepare_spaces(settings, runs)  # T1w, derivatives, templates: exit 2 before work
+        layout = make_layout(settings.bids_dir, work_dir=settings.work_dir)  # one pybids index
+        runs = discover_runs(settings, layout)
+        runs = prepare_spaces(settings, runs, layout)  # T1w, derivatives, templates: exit 2 before work
 
     status = EXIT_OK
     execgraph = None

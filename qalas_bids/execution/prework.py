@@ -44,14 +44,16 @@ def check_flip_angle_known(settings: Settings, run) -> None:
         raise UsageError(f"{run.label}: {exc}") from None
 
 
-def discover_runs(settings: Settings) -> list:
+def discover_runs(settings: Settings, layout=None) -> list:
     """Find every QALAS run and check what needs no image data (names, sidecars, timing,
-    B1 pairing, network weights); :func:`prepare_inputs` checks the images."""
+    B1 pairing, network weights) on ``layout`` (the pybids index; built when None);
+    :func:`prepare_inputs` checks the images."""
     from ..bids import collect_qalas_runs
     from ..qalas.errors import QalasInputError
 
     runs = collect_qalas_runs(
         settings.bids_dir,
+        layout=layout,
         participant_labels=settings.participant_labels,
         session_labels=settings.session_labels,
         bids_filters=settings.bids_filters,
@@ -172,12 +174,14 @@ def lock_work_dirs(settings: Settings, runs: list, stack) -> None:
                 "work directory with -w") from None
 
 
-def prepare_spaces(settings: Settings, runs: list) -> list:
-    """Find each run's T1w, reusable derivatives and template files for ``--output-spaces``
-    (exit 2 before any work when one is missing; nothing is downloaded)."""
+def prepare_spaces(settings: Settings, runs: list, layout=None) -> list:
+    """Find each run's T1w (on ``layout``, the pybids index of discovery), reusable
+    derivatives and template files for ``--output-spaces`` (exit 2 before any work when one
+    is missing; nothing is downloaded)."""
     import nibabel as nib
 
     from ..bids.atlases import check_atlases, parse_atlas
+    from ..bids.layout import validate_bids_filters
     from ..bids.output_spaces import parse_output_spaces
     from ..bids.space_inputs import collect_space_inputs
     from ..qalas.errors import QalasInputError
@@ -189,6 +193,7 @@ def prepare_spaces(settings: Settings, runs: list) -> list:
         atlases = tuple(check_atlases([parse_atlas(t) for t in settings.atlases], spaces)) if settings.atlases else ()
     except QalasInputError as exc:
         raise UsageError(f"--atlases: {exc}") from None
+    t1w_filters = validate_bids_filters(settings.bids_filters or {}).get("t1w", {})
     out = []
     for run in runs:
         voxel_mm = float(min(nib.load(run.qalas_files[0]).header.get_zooms()[:3]))
@@ -196,10 +201,13 @@ def prepare_spaces(settings: Settings, runs: list) -> list:
             inputs = collect_space_inputs(run, spaces, bids_dir=settings.bids_dir,
                                           derivatives=dict(settings.derivative_sources or {}),
                                           template_root=settings.work_dir / "templateflow",
-                                          voxel_mm=voxel_mm, atlases=atlases)
+                                          voxel_mm=voxel_mm, atlases=atlases, layout=layout,
+                                          t1w_filters=t1w_filters)
         except QalasInputError as exc:
             raise UsageError(str(exc)) from None
         LOGGER.info("%s: output spaces %s (T1w: %s%s)", run.label, ", ".join(map(str, spaces)),
                     inputs.t1w or "none", f", reusing {inputs.derivatives_name}" if inputs.derivatives_name else "")
+        for note in inputs.notes:
+            LOGGER.warning(note)
         out.append(dataclasses.replace(run, spaces=inputs))
     return out
