@@ -130,7 +130,8 @@ def test_derivatives_that_give_a_run_nothing_are_said_with_the_folder_to_pass(no
 def test_raw_t1w_is_queried_with_pybids_and_the_t1w_filter(no_user_home, tmp_path):
     """Several T1w in a session (a navigator or low-resolution T1w beside the MPRAGE): the
     finest is used and the choice is said; the ``t1w`` filter of --bids-filter-file picks
-    another; a subject-level T1w serves every session; a filter that matches none is exit 2."""
+    another (or another session's); a subject-level T1w serves every session; a filter that
+    matches none, or a T1w only in another session, is exit 2 with the filter to pass."""
     from types import SimpleNamespace
 
     from qalas_bids.bids.layout import make_layout, validate_bids_filters
@@ -159,10 +160,17 @@ def test_raw_t1w_is_queried_with_pybids_and_the_t1w_filter(no_user_home, tmp_pat
     assert Path(collect({"acquisition": None}).t1w).name == "sub-01_ses-01_T1w.nii.gz"
     with pytest.raises(QalasInputError, match="none found with the --bids-filter-file t1w filters"):
         collect({"acquisition": "mprage"})
+    other = bids / "sub-01" / "ses-02" / "anat"  # longitudinal: the T1w of another session only
+    other.mkdir(parents=True)
+    for path in anat.glob("*_T1w.*"):
+        path.rename(other / path.name.replace("_ses-01", "_ses-02"))
+    with pytest.raises(QalasInputError, match='has one in session 02: .*"t1w": {"session": "02"}'):
+        collect()
+    assert Path(collect({"session": "02", "acquisition": None}).t1w).parent == other
     subject_level = bids / "sub-01" / "anat"
     subject_level.mkdir()
-    for path in anat.glob("*_T1w.*"):
-        path.rename(subject_level / path.name.replace("_ses-01", ""))
+    for path in other.glob("*_T1w.*"):
+        path.rename(subject_level / path.name.replace("_ses-02", ""))
     assert Path(collect({"acquisition": None}).t1w).parent == subject_level
 
 

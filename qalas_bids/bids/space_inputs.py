@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..qalas.errors import QalasInputError
+from .discovery import load_io_spec
 from .output_spaces import OutputSpace, resolve_native_resolution
 from .templates import TemplateFiles, resolve_template_homes, template_files
 
@@ -65,8 +66,6 @@ def find_raw_t1w(layout, subject: str, session: str | None,
     with ``session`` picks that session instead). Of several, the one with the smallest voxels
     (then the first name); the second item then says which were left and how to choose."""
     from bids.layout import Query
-
-    from .discovery import load_io_spec
 
     query = dict(load_io_spec()["queries"]["t1w"], subject=subject, **(filters or {}))
     sessions = [query.pop("session")] if "session" in query else ([session] if session else []) + [Query.NONE]
@@ -135,10 +134,14 @@ def collect_space_inputs(run, spaces: tuple[OutputSpace, ...], *, bids_dir: Path
         t1w, choice = find_raw_t1w(layout, run.subject, run.session, t1w_filters)
         notes += [f"{run.label}: {choice}"] if choice else []
     if write_t1w and not t1w:
+        elsewhere = sorted({f.get_entities().get("session") for f in layout.get(
+            subject=run.subject, **load_io_spec()["queries"]["t1w"])} - {run.session, None})
         raise QalasInputError(
             f"{run.label}: --output-spaces T1w needs a T1w image of the session (anat/*_T1w.nii.gz "
             "in the raw dataset, or desc-preproc_T1w in a --derivatives folder); none found"
-            + (f" with the --bids-filter-file t1w filters {t1w_filters}" if t1w_filters else ""))
+            + (f" with the --bids-filter-file t1w filters {t1w_filters}" if t1w_filters else "")
+            + (f"; sub-{run.subject} has one in session {', '.join(elsewhere)}: to register to it, pass "
+               f'--bids-filter-file with {{"t1w": {{"session": "{elsewhere[0]}"}}}}' if elsewhere else ""))
     homes = resolve_template_homes(templates, template_root)
     targets = []
     for space in templates:
