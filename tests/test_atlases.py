@@ -133,6 +133,29 @@ def test_a_prefetched_cohort_template_is_served_from_the_users_home(tmp_path, mo
         template_files("MNIInfant", "2", "1", home)  # not fetched: exit 2 with the hint
 
 
+def test_a_users_home_without_the_shipped_resolution_falls_back_to_the_shipped_files(tmp_path, monkeypatch):
+    """An fMRIPrep TemplateFlow home with MNI152NLin2009cAsym res-1 only: res-1 comes from it,
+    res-2 from the shipped files (said in a note), not an exit 2."""
+    import zipfile
+
+    from qalas_bids.bids.templates import reference_files, skeleton_zip
+
+    home = tmp_path / "home"
+    zipfile.ZipFile(skeleton_zip()).extractall(home)
+    for src in (SHIPPED_DIR / TPL).glob("*_res-01_desc-brain_*.nii.gz"):
+        shutil.copyfile(src, home / TPL / src.name)
+    monkeypatch.setenv("TEMPLATEFLOW_HOME", str(home))
+    res1, res2 = parse_output_spaces(["MNI152NLin2009cAsym:res-1", "MNI152NLin2009cAsym:res-2"])
+    local = tmp_path / "local"
+    homes = resolve_template_homes([res1, res2], local)
+    assert homes == {"MNI152NLin2009cAsym": home}
+    files, note = reference_files(res1, homes, local)
+    assert files.brain_mask.startswith(str(home)) and note is None
+    files, note = reference_files(res2, homes, local)
+    assert files.brain_mask.startswith(str(local)) and files.brain_mask.endswith("_res-02_desc-brain_mask.nii.gz")
+    assert files.home == str(home) and "lacks res-2 files" in note and "ships" in note
+
+
 def test_cli_exits_2_on_a_bad_atlas_before_any_work(tmp_path):
     bids = tmp_path / "bids"
     bids.mkdir()

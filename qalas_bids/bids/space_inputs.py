@@ -17,7 +17,7 @@ import numpy as np
 from ..qalas.errors import QalasInputError
 from .discovery import load_io_spec
 from .output_spaces import OutputSpace, resolve_native_resolution
-from .templates import TemplateFiles, resolve_template_homes, template_files
+from .templates import TemplateFiles, reference_files, resolve_template_homes
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,8 @@ def collect_space_inputs(run, spaces: tuple[OutputSpace, ...], *, bids_dir: Path
     homes = resolve_template_homes(templates, template_root)
     targets = []
     for space in templates:
-        files = template_files(space.name, space.res, space.cohort, homes[space.name])
+        files, note = reference_files(space, homes, template_root)
+        notes += [note] if note else []
         xfm = deriv.get(f"xfm:{space}")
         targets.append(TemplateTarget(space, files, xfm))
     return SpaceInputs(

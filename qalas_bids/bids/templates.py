@@ -11,6 +11,7 @@ other template must already be in the user's home; otherwise the run stops befor
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import json
@@ -104,7 +105,7 @@ class TemplateFiles:
     brain_mask: str
     wm_probseg: str | None
     zooms_mm: tuple[float, ...]
-    home: str
+    home: str  # where TemplateFlow atlases of the template are looked up
 
     @property
     def resolution_text(self) -> str:
@@ -184,3 +185,20 @@ def template_files(template: str, res: str, cohort: str | None, home: Path) -> T
     key = next(k for k in table if int(k) == int(res))
     return TemplateFiles(template, res, cohort, t1w, mask, wm,
                          tuple(float(z) for z in table[key]["zooms"]), str(home))
+
+
+def reference_files(space, homes: dict[str, Path], local_root: Path) -> tuple[TemplateFiles, str | None]:
+    """:func:`template_files` of an output space (``name``/``res``/``cohort``) from its home in
+    ``homes``. A user home that holds the shipped template but not this resolution's files
+    (fMRIPrep fetches res-1 for its own use) falls back to the shipped files, with a note
+    saying so; any other missing file is QalasInputError (exit 2) with the pre-fetch hint."""
+    home = homes[space.name]
+    try:
+        return template_files(space.name, space.res, space.cohort, home), None
+    except QalasInputError:
+        if space.name != SHIPPED_TEMPLATE or space.cohort or home == local_root:
+            raise
+    files = template_files(space.name, space.res, None, build_local_home(local_root))
+    # TemplateFlow atlases are still looked up in the user's home (``home``)
+    return dataclasses.replace(files, home=str(home)), (f"{space}: the TemplateFlow home {home} lacks res-{space.res} files of {SHIPPED_TEMPLATE}; "
+                   "using the ones qalas-bids ships")
