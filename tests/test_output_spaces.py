@@ -581,3 +581,55 @@ def test_group_gathers_atlas_tables_in_long_format(tmp_path):
     assert set(table["participant_id"]) == {"sub-01", "sub-02"} and set(table["space"]) == {"MNI152NLin2009cAsym"}
     assert table.query("name == 'B' and map == 'T1_s'")["median"].tolist() == [2.0, 2.0]
     assert "Atlas TissueHemi" in section
+
+
+def test_a_t1w_that_cannot_serve_as_the_fixed_image_is_exit_2_before_work(tmp_path):
+    """4D, NaN, constant and truncated T1w files are refused with what to do (before any fit);
+    a (x, y, z, 1) file is accepted (the spaces node squeezes it)."""
+    import gzip
+
+    from qalas_bids.bids.space_inputs import check_t1w_image
+
+    data = np.random.default_rng(0).uniform(0, 100, (12, 12, 12)).astype(np.float32)
+
+    def write(name, array):
+        path = tmp_path / name
+        nib.save(nib.Nifti1Image(array, np.eye(4)), path)
+        return str(path)
+
+    check_t1w_image(write("ok_T1w.nii.gz", data))
+    check_t1w_image(write("single_T1w.nii.gz", data[..., None]))
+    nan = data.copy()
+    nan[0, 0, :3] = np.nan
+    for name, array, message in (("multi_T1w.nii.gz", np.stack([data, data], -1), r"shape \(12, 12, 12, 2\): one 3D"),
+                                 ("nan_T1w.nii.gz", nan, "has 3 NaN or infinite voxels"),
+                                 ("flat_T1w.nii.gz", np.zeros_like(data), "is constant")):
+        with pytest.raises(QalasInputError, match=message):
+            check_t1w_image(write(name, array))
+    truncated = tmp_path / "cut_T1w.nii.gz"
+    truncated.write_bytes(gzip.compress(nib.Nifti1Image(data, np.eye(4)).to_bytes())[:2000])
+    with pytest.raises(QalasInputError, match=r"cannot be read \(.*\); replace it"):
+        check_t1w_image(str(truncated))
+
+
+def test_t1w_space_alone_with_a_single_volume_4d_t1w(tmp_path, no_user_home):
+    """``--output-spaces T1w`` alone (no template, so no atlas table: its sink used to crash
+    the run with exit 1 after the fit) on a T1w stored as (x, y, z, 1) (dcm2niix-style), whose
+    registration overlay used to fail: exit 0, 3D space-T1w maps on the T1w grid, report."""
+    from qalas_bids.cli.run import main
+    from qalas_bids.demo.dataset import write_demo_dataset
+
+    bids = write_demo_dataset(tmp_path / "bids", with_t1w=True)
+    t1w_path = bids / "sub-01/ses-01/anat/sub-01_ses-01_T1w.nii.gz"
+    t1w = nib.load(t1w_path)
+    nib.save(nib.Nifti1Image(np.asarray(t1w.dataobj)[..., None], t1w.affine, t1w.header), t1w_path)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(bids), str(out), "participant", "-w", str(tmp_path / "work"), "--fit-mode", "pretrained",
+              "--nprocs", "1", "--skip-bids-validation", "-q", "--synth-contrasts", "T1w", "--output-spaces", "T1w"])
+    assert exit_info.value.code == 0
+    t1map = nib.load(out / "sub-01/ses-01/anat/sub-01_ses-01_run-1_space-T1w_T1map.nii.gz")
+    assert t1map.shape == t1w.shape[:3] and np.allclose(t1map.affine, t1w.affine)
+    assert not list(out.rglob("*_qmri.tsv"))
+    assert (out / "sub-01/figures/sub-01_ses-01_run-1_space-T1w_desc-registration_T1w.png").is_file()
+    assert (out / "sub-01.html").is_file()

@@ -107,6 +107,32 @@ def find_smriprep_files(root: Path, subject: str, session: str | None,
     return found
 
 
+def check_t1w_image(path: str) -> None:
+    """QalasInputError (exit 2) unless ``path`` is a readable 3D image (trailing dimensions of
+    1 allowed) with finite values that are not all equal: the fixed image of the rigid step."""
+    import nibabel as nib
+
+    what = f"the T1w {path} (fixed image of the QALAS -> T1w registration)"
+    pick = 'pick another with --bids-filter-file {"t1w": {...}}'
+    try:
+        img = nib.load(path)
+        if len(img.shape) < 3 or any(n != 1 for n in img.shape[3:]):
+            raise QalasInputError(f"{what} has shape {img.shape}: one 3D image is needed; split the "
+                                  f"volume to use into its own file, or {pick}")
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except QalasInputError:
+        raise
+    except Exception as exc:  # nibabel raises many kinds on truncated or foreign files
+        raise QalasInputError(f"{what} cannot be read ({type(exc).__name__}: {exc}); replace it, or "
+                              f"{pick}") from None
+    bad = int(np.count_nonzero(~np.isfinite(data)))
+    if bad:
+        raise QalasInputError(f"{what} has {bad} NaN or infinite voxels; replace them (e.g. by 0) or pick "
+                              "another T1w")
+    if not data.max() > data.min():
+        raise QalasInputError(f"{what} is constant ({float(data.min()):g} everywhere): nothing to register to")
+
+
 def collect_space_inputs(run, spaces: tuple[OutputSpace, ...], *, bids_dir: Path,
                          derivatives: dict[str, Path], template_root: Path,
                          voxel_mm: float, atlases: tuple = (), layout=None,
@@ -142,6 +168,8 @@ def collect_space_inputs(run, spaces: tuple[OutputSpace, ...], *, bids_dir: Path
             + (f" with the --bids-filter-file t1w filters {t1w_filters}" if t1w_filters else "")
             + (f"; sub-{run.subject} has one in session {', '.join(elsewhere)}: to register to it, pass "
                f'--bids-filter-file with {{"t1w": {{"session": "{elsewhere[0]}"}}}}' if elsewhere else ""))
+    if t1w:
+        check_t1w_image(t1w)
     homes = resolve_template_homes(templates, template_root)
     targets = []
     for space in templates:

@@ -178,7 +178,7 @@ class ToOutputSpaces(SimpleInterface):
 
         rigid = None
         if isdefined(self.inputs.t1w):
-            t1w_img = nib.load(self.inputs.t1w)
+            t1w_img = nib.squeeze_image(nib.load(self.inputs.t1w))  # (x, y, z, 1) -> 3D
             t1w = np.asarray(t1w_img.dataobj, np.float32)
             t1w_mask = (read_array(self.inputs.t1w_mask, np.uint8) > 0) if isdefined(self.inputs.t1w_mask) else None
             start = time.perf_counter()
@@ -235,8 +235,10 @@ class ToOutputSpaces(SimpleInterface):
 
 
 class _FileSinkInputSpec(BaseInterfaceInputSpec):
-    in_files = InputMultiObject(File(exists=True), mandatory=True)
-    rel_paths = traits.List(traits.Str, mandatory=True)
+    # not mandatory: a run can have nothing to copy (no atlas table with --output-spaces T1w
+    # alone), and nipype treats an empty list as no value
+    in_files = InputMultiObject(File(exists=True))
+    rel_paths = traits.List(traits.Str)
     metadata = traits.List(traits.Dict)
     out_dir = traits.Str(mandatory=True)
     bids_dir = traits.Str()
@@ -261,5 +263,6 @@ class FileSink(SimpleInterface):
         self._results["out_files"] = [
             str(copy_derivative(self.inputs.out_dir, rel, src, metadata[i] if i < len(metadata) else None,
                                 bids_dir=bids_dir))
-            for i, (src, rel) in enumerate(zip(self.inputs.in_files, self.inputs.rel_paths))]
+            for i, (src, rel) in enumerate(zip(*(value if isdefined(value) else [] for value in (
+                self.inputs.in_files, self.inputs.rel_paths))))]
         return runtime

@@ -189,6 +189,7 @@ def registration_overlay(path: str | Path, moving: nib.Nifti1Image, target: nib.
     ``support`` (the brain mask in that space) and an orthogonal view at its centre."""
     fig = Figure(figsize=(9, 5.2))
     FigureCanvasAgg(fig)
+    target = nib.squeeze_image(target)  # a (x, y, z, 1) T1w
     target = nib.Nifti1Image(np.nan_to_num(np.asarray(target.dataobj, dtype=np.float32)), target.affine)
     for i, kwargs in enumerate(({"display_mode": "z", "cut_coords": axial_cuts(support, 8)[1:-1]},
                                 {"display_mode": "ortho", "cut_coords": _centre(support)})):
