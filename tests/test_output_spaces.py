@@ -110,7 +110,7 @@ def test_derivatives_that_give_a_run_nothing_are_said_with_the_folder_to_pass(no
     run = SimpleNamespace(subject="01", session="01", label="sub-01_ses-01_run-1")
     anat = tmp_path / "out" / "fmriprep" / "sub-01" / "anat"
     anat.mkdir(parents=True)
-    (anat / "sub-01_desc-preproc_T1w.nii.gz").write_bytes(b"")
+    nib.save(nib.Nifti1Image(np.arange(8.0 ** 3).reshape(8, 8, 8), np.eye(4)), anat / "sub-01_desc-preproc_T1w.nii.gz")
     spaces = tuple(parse_output_spaces(["MNI152NLin2009cAsym:res-2"]))
     kwargs = dict(bids_dir=tmp_path / "bids", template_root=tmp_path / "tf", voxel_mm=2.0)
     nested = collect_space_inputs(run, spaces, derivatives={"fmriprep": tmp_path / "out"}, **kwargs)
@@ -143,7 +143,8 @@ def test_raw_t1w_is_queried_with_pybids_and_the_t1w_filter(no_user_home, tmp_pat
     mprage = nib.load(anat / "sub-01_ses-01_T1w.nii.gz")
     coarse = mprage.affine.copy()
     coarse[:3, :3] *= 3.0
-    nib.save(nib.Nifti1Image(np.ones((20, 20, 20), np.float32), coarse), anat / "sub-01_ses-01_acq-vnav_T1w.nii.gz")
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).uniform(0, 1, (20, 20, 20)).astype(np.float32), coarse),
+             anat / "sub-01_ses-01_acq-vnav_T1w.nii.gz")
     run = SimpleNamespace(subject="01", session="01", label="sub-01_ses-01_run-1")
     spaces = tuple(parse_output_spaces(["T1w"]))
 

@@ -199,6 +199,6 @@ def reference_files(space, homes: dict[str, Path], local_root: Path) -> tuple[Te
         if space.name != SHIPPED_TEMPLATE or space.cohort or home == local_root:
             raise
     files = template_files(space.name, space.res, None, build_local_home(local_root))
-    # TemplateFlow atlases are still looked up in the user's home (``home``)
-    return dataclasses.replace(files, home=str(home)), (f"{space}: the TemplateFlow home {home} lacks res-{space.res} files of {SHIPPED_TEMPLATE}; "
-                   "using the ones qalas-bids ships")
+    note = (f"{space}: the TemplateFlow home {home} lacks res-{space.res} files of {SHIPPED_TEMPLATE}; "
+            "using the ones qalas-bids ships")
+    return dataclasses.replace(files, home=str(home)), note  # atlases: still the user's home

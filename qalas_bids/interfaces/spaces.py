@@ -260,9 +260,10 @@ class FileSink(SimpleInterface):
 
         metadata = list(self.inputs.metadata) if isdefined(self.inputs.metadata) else []
         bids_dir = self.inputs.bids_dir if isdefined(self.inputs.bids_dir) else None
+        in_files = self.inputs.in_files if isdefined(self.inputs.in_files) else []
+        rel_paths = self.inputs.rel_paths if isdefined(self.inputs.rel_paths) else []
         self._results["out_files"] = [
             str(copy_derivative(self.inputs.out_dir, rel, src, metadata[i] if i < len(metadata) else None,
                                 bids_dir=bids_dir))
-            for i, (src, rel) in enumerate(zip(*(value if isdefined(value) else [] for value in (
-                self.inputs.in_files, self.inputs.rel_paths))))]
+            for i, (src, rel) in enumerate(zip(in_files, rel_paths))]
         return runtime
