@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import nibabel as nib
 import numpy as np
@@ -11,7 +12,7 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObje
                                     TraitedSpec, isdefined, traits)
 
 from ..utils.images import save_like
-from ..utils.nifti_io import read_array, read_arrays
+from ..utils.nifti_io import io_threads, read_array, read_arrays
 
 #: (suffix, desc) of the nine maps in MAP_KEYS order (as the QALAS-space sinks name them).
 MAP_NAMES = (("T1map", None), ("T2map", None), ("PDmap", None), ("IEmap", None),
@@ -103,11 +104,11 @@ class ToOutputSpaces(SimpleInterface):
                   **dict(zip(MASK_NAMES, (brain, head))), "reliable": reliable}
         qalas_images: dict = {}  # the same keys -> SimpleITK image, made once per run
 
-        def move(name, transform, shape, affine, nearest: bool = False) -> np.ndarray:
+        def move(name, transform, shape, affine, nearest: bool = False):
+            """The QALAS image ``name`` on the target grid (a SimpleITK image)."""
             if name not in qalas_images:
                 qalas_images[name] = reg.to_sitk(images[name], ref.affine)
-            moved = reg.resample_image(qalas_images[name], transform, shape, affine, nearest=nearest)
-            return moved.astype(np.uint8) if nearest else moved
+            return reg.resample_sitk(qalas_images[name], transform, shape, affine, nearest=nearest)
 
         def add_xfm(transform, to: str, ext: str, description: str, registration: dict) -> str:
             rel = derivative_path(ents, "xfm", extension=ext, from_="QALAS", to=to, mode="image")
@@ -123,31 +124,39 @@ class ToOutputSpaces(SimpleInterface):
         def resample_all(space: str, ref_img, transform, xfms: list[str], extra: dict, res=None, cohort=None,
                          key: str = ""):
             shape, affine = ref_img.shape[:3], ref_img.affine
-            moved_maps = {}
             transform = reg.resampling_transform(transform, shape, affine)
             tag = f"{space}_{res or ''}_{cohort or ''}"
             meta = {"SkullStripped": False, "Sources": sources, "Transforms": [f"bids::{x}" for x in xfms],
                     "Interpolation": "linear", **extra}
-            for suffix, desc in image_names:
-                moved = move((suffix, desc), transform, shape, affine)
-                moved_maps[(suffix, desc)] = moved
-                path = save_like(moved, ref_img,
-                                 os.path.join(runtime.cwd, f"{tag}_{suffix}_{desc}.nii.gz"))
-                out["image_files"].append(path)
-                out["image_paths"].append(derivative_path(ents, suffix, desc=desc, space=space,
-                                                          res=res, cohort=cohort))
-                out["image_metadata"].append({**meta, **_map_description(suffix, desc)})
-            for suffix, desc in MASK_NAMES:
-                moved = move((suffix, desc), transform, shape, affine, nearest=True)
-                path = save_like(moved, ref_img, os.path.join(runtime.cwd, f"{tag}_{desc}_mask.nii.gz"),
-                                 dtype=np.uint8)
-                out["mask_files"].append(path)
-                out["mask_paths"].append(derivative_path(ents, suffix, desc=desc, space=space,
-                                                         res=res, cohort=cohort))
-                out["mask_metadata"].append({**meta, "Interpolation": "nearest neighbour",
-                                             **({"Type": "Brain"} if desc == "brain" else {})})
-            for atlas in (a for a in atlases if a["space_key"] == key):
-                use = move("reliable", transform, shape, affine, nearest=True) > 0
+            tables = [a for a in atlases if a["space_key"] == key]
+            moved_maps = {}  # the quantitative maps the tables need (copies)
+
+            def save(moved, name: str, dtype=np.float32) -> str:
+                # no copy: ``moved`` (the SimpleITK image) stays referenced until it is written
+                return save_like(reg.array_view(moved), ref_img, os.path.join(runtime.cwd, name), dtype=dtype)
+
+            # gzip in threads while the next image resamples (both release the GIL)
+            with ThreadPoolExecutor(max_workers=io_threads(2)) as writer:
+                images_written, masks_written = [], []
+                for suffix, desc in image_names:
+                    moved = move((suffix, desc), transform, shape, affine)
+                    if tables and desc is None:
+                        moved_maps[(suffix, desc)] = reg.from_sitk(moved)
+                    images_written.append(writer.submit(save, moved, f"{tag}_{suffix}_{desc}.nii.gz"))
+                    out["image_paths"].append(derivative_path(ents, suffix, desc=desc, space=space,
+                                                              res=res, cohort=cohort))
+                    out["image_metadata"].append({**meta, **_map_description(suffix, desc)})
+                for suffix, desc in MASK_NAMES:
+                    moved = move((suffix, desc), transform, shape, affine, nearest=True)
+                    masks_written.append(writer.submit(save, moved, f"{tag}_{desc}_mask.nii.gz", np.uint8))
+                    out["mask_paths"].append(derivative_path(ents, suffix, desc=desc, space=space,
+                                                             res=res, cohort=cohort))
+                    out["mask_metadata"].append({**meta, "Interpolation": "nearest neighbour",
+                                                 **({"Type": "Brain"} if desc == "brain" else {})})
+                out["image_files"] += [f.result() for f in images_written]
+                out["mask_files"] += [f.result() for f in masks_written]
+            for atlas in tables:
+                use = reg.from_sitk(move("reliable", transform, shape, affine, nearest=True)) > 0
                 write_table(atlas, ref_img, moved_maps, use, space, res, cohort, meta)
 
         def write_table(atlas, ref_img, moved, use, space, res, cohort, meta):

@@ -309,17 +309,28 @@ def chain(*transforms: sitk.Transform) -> sitk.CompositeTransform:
     return composite
 
 
-def resample_image(moving: sitk.Image, transform: sitk.Transform, ref_shape: tuple[int, ...],
-                   ref_affine: np.ndarray, *, nearest: bool = False) -> np.ndarray:
+def resample_sitk(moving: sitk.Image, transform: sitk.Transform, ref_shape: tuple[int, ...],
+                  ref_affine: np.ndarray, *, nearest: bool = False) -> sitk.Image:
     """``moving`` (a :func:`to_sitk` image) resampled onto the reference grid through
-    ``transform`` (reference -> moving points), as a float32 array in nibabel axis order:
-    linear, or nearest neighbour for masks and labels; 0 outside. No reference image is
-    built (a 1 mm template grid is 8.5 M voxels)."""
+    ``transform`` (reference -> moving points), as a float32 SimpleITK image: linear, or
+    nearest neighbour for masks and labels; 0 outside. No reference image is built (a 1 mm
+    template grid is 8.5 M voxels)."""
     spacing, direction, origin = _geometry(ref_affine)
     interp = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
     size = [int(n) for n in ref_shape[:3]]
-    return from_sitk(sitk.Resample(moving, size, transform, interp, origin, spacing, direction,
-                                   0.0, sitk.sitkFloat32))
+    return sitk.Resample(moving, size, transform, interp, origin, spacing, direction, 0.0, sitk.sitkFloat32)
+
+
+def array_view(img: sitk.Image) -> np.ndarray:
+    """The voxels of ``img`` in nibabel axis order *without a copy* (a Fortran-ordered view,
+    NIfTI's own layout): valid only while ``img`` is referenced."""
+    return sitk.GetArrayViewFromImage(img).transpose(2, 1, 0)
+
+
+def resample_image(moving: sitk.Image, transform: sitk.Transform, ref_shape: tuple[int, ...],
+                   ref_affine: np.ndarray, *, nearest: bool = False) -> np.ndarray:
+    """:func:`resample_sitk` as a float32 array in nibabel axis order (a copy)."""
+    return from_sitk(resample_sitk(moving, transform, ref_shape, ref_affine, nearest=nearest))
 
 
 def resample_array(data: np.ndarray, affine: np.ndarray, transform: sitk.Transform,
