@@ -634,3 +634,46 @@ def test_t1w_space_alone_with_a_single_volume_4d_t1w(tmp_path, no_user_home):
     assert not list(out.rglob("*_qmri.tsv"))
     assert (out / "sub-01/figures/sub-01_ses-01_run-1_space-T1w_desc-registration_T1w.png").is_file()
     assert (out / "sub-01.html").is_file()
+
+
+def test_cohort_template_outputs_are_valid_bids(tmp_path, monkeypatch):
+    """A cohort template outside BIDS' standard list (MNIInfant cohort-1, served from a
+    pre-fetched TemplateFlow home; stand-in files, sMRIPrep's transform reused so nothing is
+    registered to it): exit 0, fMRIPrep's names, a ``SpatialReference`` naming the template
+    image, and 0 validator errors (BIDS 1.11 allows ``cohort-`` only in template files: these
+    are listed in .bidsignore; before, 60 errors)."""
+    import zipfile
+
+    from qalas_bids.bids.templates import skeleton_zip
+    from qalas_bids.cli.run import main
+    from qalas_bids.demo.dataset import write_demo_dataset
+
+    bids = write_demo_dataset(tmp_path / "bids", with_smriprep=True)
+    home = tmp_path / "templateflow"
+    zipfile.ZipFile(skeleton_zip()).extractall(home)
+    cohort = home / "tpl-MNIInfant" / "cohort-1"
+    for kind in ("desc-brain_mask", "T1w"):
+        src = SHIPPED_DIR / "tpl-MNI152NLin2009cAsym" / f"tpl-MNI152NLin2009cAsym_res-02_{kind.replace('T1w', 'desc-brain_T1w')}.nii.gz"
+        shutil.copyfile(src, cohort / f"tpl-MNIInfant_cohort-1_res-2_{kind}.nii.gz")
+    anat = bids / "derivatives" / "smriprep" / "sub-01" / "ses-01" / "anat"
+    shutil.copyfile(anat / "sub-01_ses-01_from-T1w_to-MNI152NLin2009cAsym_mode-image_xfm.h5",
+                    anat / "sub-01_ses-01_from-T1w_to-MNIInfant+1_mode-image_xfm.h5")
+    monkeypatch.setenv("TEMPLATEFLOW_HOME", str(home))
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(bids), str(out), "participant", "-w", str(tmp_path / "work"), "--fit-mode", "pretrained",
+              "--nprocs", "1", "--skip-bids-validation", "-q", "--synth-contrasts", "T1w",
+              "--output-spaces", "MNIInfant:cohort-1:res-2",
+              "--derivatives", f"smriprep={bids / 'derivatives' / 'smriprep'}"])
+    assert exit_info.value.code == 0
+    t1map = out / "sub-01/ses-01/anat/sub-01_ses-01_run-1_space-MNIInfant_cohort-1_res-2_T1map"
+    sidecar = json.loads(t1map.with_suffix(".json").read_text())
+    assert sidecar["SpatialReference"] == ("https://templateflow.s3.amazonaws.com/tpl-MNIInfant/cohort-1/"
+                                           "tpl-MNIInfant_cohort-1_res-2_T1w.nii.gz")
+    assert "to-MNIInfant+1" in sidecar["Transforms"][0]
+    assert nib.load(f"{t1map}.nii.gz").shape == (97, 115, 97)
+    exe = str(VALIDATOR) if VALIDATOR.exists() else shutil.which("bids-validator-deno")
+    proc = subprocess.run([exe, "--format", "json", str(out)], capture_output=True, text=True, timeout=300)
+    errors = [(i["code"], i.get("location")) for i in json.loads(proc.stdout)["issues"]["issues"]
+              if i["severity"] == "error"]
+    assert errors == [], errors

@@ -19,6 +19,7 @@ Output names (``<ents>`` = ``sub-<l>[_ses-<s>][_acq-<a>][_rec-<r>][_run-<n>]``):
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -41,11 +42,20 @@ BIDSIGNORE_LINES = tuple(f"*_{s}.*" for s in CUSTOM_SUFFIXES) + (
     "*.html", "logs/", "/sub-*/figures", "/sub-*/log",
     # transforms (from-/to-/mode- entities are not in BIDS yet) and atlas tables (XCP-D's stat-)
     "*_xfm.*", "*_stat-*",
+    # cohort templates: BIDS 1.11 allows cohort- only in tpl- files; fMRIPrep's naming is kept
+    "*_cohort-*",
     # group level: summary tables (not BIDS files) and their figures
     "/group_*", "/group")
-#: Spaces the BIDS schema knows need no ``SpatialReference``; ours (``QALAS``) does.
-_STANDARD_SPACE_PREFIXES = ("MNI", "ICBM", "fsaverage", "fsLR", "Talairach", "UNCInfant",
-                            "NKI", "OASIS", "individual", "scanner", "T1w", "T2w")
+
+
+@functools.lru_cache(maxsize=1)
+def standard_spaces() -> frozenset[str]:
+    """``space-`` labels that need no ``SpatialReference``: the BIDS schema's standard template
+    identifiers (bidsschematools, a pybids dependency). Any other space (``QALAS``, ``T1w``,
+    MNIInfant, ...) must name its reference image."""
+    from bidsschematools.schema import load_schema
+
+    return frozenset(load_schema().objects.enums._StandardTemplateCoordSys.enum)
 
 
 class OutputLocationError(ValueError):
@@ -307,7 +317,7 @@ def _with_spatial_reference(name: str, metadata: Mapping[str, Any], rel_path: An
     """Add ``SpatialReference`` (BIDS: required for non-standard ``space-``) from ``Sources``."""
     metadata = dict(metadata)
     space = next((part[6:] for part in name.split("_") if part.startswith("space-")), None)
-    if not space or space.startswith(_STANDARD_SPACE_PREFIXES) or "SpatialReference" in metadata:
+    if not space or space in standard_spaces() or "SpatialReference" in metadata:
         return metadata
     sources = [str(s) for s in metadata.get("Sources", [])]
     if not sources:

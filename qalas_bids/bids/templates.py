@@ -29,6 +29,8 @@ SHIPPED_DIR = Path(__file__).resolve().parents[1] / "data" / "templateflow"
 #: The shipped default atlas (``atlas-TissueHemi``, on the shipped template).
 DEFAULT_ATLAS = "TissueHemi"
 _MARKER = ".qalas-bids-local-home"
+#: Root of the TemplateFlow archive (templateflow's S3 root), for ``SpatialReference`` text only.
+TEMPLATEFLOW_URL = "https://templateflow.s3.amazonaws.com/"
 
 
 @functools.lru_cache(maxsize=1)
@@ -106,6 +108,14 @@ class TemplateFiles:
     wm_probseg: str | None
     zooms_mm: tuple[float, ...]
     home: str  # where TemplateFlow atlases of the template are looked up
+
+    @property
+    def reference_url(self) -> str:
+        """``SpatialReference`` of outputs on this grid: the TemplateFlow archive URL of the
+        template image (BIDS requires one for templates outside its standard list, e.g. MNIInfant)."""
+        parts = Path(self.brain_t1w).parts
+        start = max(i for i, part in enumerate(parts) if part == f"tpl-{self.template}")
+        return TEMPLATEFLOW_URL + "/".join(parts[start:])
 
     @property
     def resolution_text(self) -> str:

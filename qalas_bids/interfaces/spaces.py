@@ -42,7 +42,8 @@ class _ToSpacesInputSpec(BaseInterfaceInputSpec):
     write_t1w = traits.Bool(False, usedefault=True, desc="write space-T1w outputs")
     t1w_reference = traits.Str(desc="SpatialReference of space-T1w outputs (BIDS URI)")
     templates = traits.List(traits.Dict, desc="per template: label, space, res, cohort, t1w, mask, "
-                                              "resolution_text, t1w_to_template (or empty)")
+                                              "resolution_text, reference (SpatialReference), "
+                                              "t1w_to_template (or empty)")
     atlases = traits.List(traits.Dict, desc="per atlas: space_key (T1w or <label>_res-<r>), atlas "
                                             "label, dseg, tsv (index/name)")
     entities = traits.Dict(mandatory=True, desc="output entities of the run")
@@ -236,7 +237,9 @@ class ToOutputSpaces(SimpleInterface):
                 registered[target["label"]] = register(target, tpl_img, key)
             transform, rel, _ = registered[target["label"]]
             resample_all(target["space"], tpl_img, transform, [rel],
-                         {"Resolution": target["resolution_text"]}, res=target.get("res"),
+                         {"Resolution": target["resolution_text"],
+                          **({"SpatialReference": target["reference"]} if target.get("reference") else {})},
+                         res=target.get("res"),
                          cohort=target.get("cohort"), key=key)
         out["info"] = info
         self._results.update(out)

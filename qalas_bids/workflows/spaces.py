@@ -15,7 +15,8 @@ def template_inputs(space_inputs) -> list[dict]:
     """The ``templates`` input of :class:`ToOutputSpaces` from a run's ``SpaceInputs``."""
     return [{"label": t.space.transform_label, "space": t.space.name, "res": t.files.resolution,
              "cohort": t.space.cohort or "", "t1w": t.files.brain_t1w, "mask": t.files.brain_mask,
-             "resolution_text": t.files.resolution_text, "t1w_to_template": t.t1w_to_template or ""}
+             "resolution_text": t.files.resolution_text, "reference": t.files.reference_url,
+             "t1w_to_template": t.t1w_to_template or ""}
             for t in space_inputs.templates]
 
 
