@@ -114,8 +114,9 @@ class TemplateFiles:
         """``SpatialReference`` of outputs on this grid: the TemplateFlow archive URL of the
         template image (BIDS requires one for templates outside its standard list, e.g. MNIInfant)."""
         parts = Path(self.brain_t1w).parts
-        start = max(i for i, part in enumerate(parts) if part == f"tpl-{self.template}")
-        return TEMPLATEFLOW_URL + "/".join(parts[start:])
+        starts = [i for i, part in enumerate(parts) if part == f"tpl-{self.template}"]
+        rel = parts[starts[-1]:] if starts else (f"tpl-{self.template}", parts[-1])
+        return TEMPLATEFLOW_URL + "/".join(rel)
 
     @property
     def resolution_text(self) -> str:
