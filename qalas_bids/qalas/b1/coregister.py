@@ -91,7 +91,6 @@ def to_sitk(img: nib.spatialimages.SpatialImage) -> sitk.Image:
     return array_to_sitk(data, img.affine)
 
 
-
 def motion_of(matrix: np.ndarray, centre_ras: np.ndarray) -> tuple[float, float]:
     """(displacement of ``centre_ras`` in mm, rotation angle in degrees) of a 4x4 rigid map."""
     moved = matrix[:3, :3] @ centre_ras + matrix[:3, 3]
